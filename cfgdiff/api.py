@@ -1,0 +1,147 @@
+"""Python API for notebooks and the one reconstruction routine that inference actors also call.
+
+    rec = cfgdiff.load("runs/demo/export")
+    out = rec.reconstruct(cond, mask, steps=50, w=1.5, num_samples=8, seed=0)
+    out.mean, out.std, out.samples   # numpy, in the user's original units
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import SamplerConfig
+from .degrade import operator_for
+from .errors import InputError
+from .normalize import Normalization
+from .sampling import sample
+from .schedule import NoiseSchedule
+
+
+@dataclass
+class Reconstruction:
+    samples: np.ndarray  # (N, K, C, H, W) in the user's units
+    mean: np.ndarray  # (N, C, H, W)
+    std: np.ndarray  # (N, C, H, W); zeros when K == 1
+    num_model_calls: int  # network evaluations per sample
+
+
+def as_nchw(a: np.ndarray, channels: int | None, what: str) -> np.ndarray:
+    """Accept (N, H, W) or (N, C, H, W) arrays; return float32 (N, C, H, W)."""
+    a = np.asarray(a)
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4:
+        raise InputError(f"{what} must be (N, H, W) or (N, C, H, W), got shape {a.shape}")
+    if channels is not None and a.shape[1] != channels:
+        raise InputError(f"{what} has {a.shape[1]} channels, the model expects {channels}")
+    return a.astype(np.float32, copy=False)
+
+
+def prepare_inputs(cond_raw: np.ndarray, mask: np.ndarray | None, norm: Normalization, in_channels: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """User-unit condition (NaN = unknown) and mask -> normalised cond, mask and target-space known values."""
+    cond_t = torch.from_numpy(np.ascontiguousarray(cond_raw))
+    if mask is None:
+        mask_t = (~torch.isnan(cond_t).any(1, keepdim=True)).float()
+        if bool(mask_t.all()):
+            mask_t = torch.zeros_like(mask_t)  # a dense condition: nothing is known exactly
+    else:
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float()
+        if not bool(((mask_t == 0) | (mask_t == 1)).all()):
+            raise InputError("mask must be binary (1 = known, 0 = missing)")
+        if bool((torch.isnan(cond_t) & mask_t.bool()).any()):
+            raise InputError("condition is NaN where the mask says known")
+    cond_n = torch.nan_to_num(norm.condition.normalize(cond_t), nan=0.0)
+    known = None
+    if cond_t.shape[1] == in_channels:
+        known = torch.nan_to_num(norm.target.normalize(cond_t), nan=0.0)
+    return cond_n, mask_t, known
+
+
+def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, mask: torch.Tensor,
+                           known: torch.Tensor | None, index: Sequence[int], sampler: SamplerConfig, *,
+                           in_channels: int, prediction: str, num_samples: int = 1, seed: int = 0,
+                           degrade_spec: str | None = None, progress: Callable | None = None
+                           ) -> tuple[torch.Tensor, int]:
+    """K samples per row in normalised units, shape (N, K, C, H, W).
+
+    Sample k of global row i is seeded ``seed + i * K + k``, so results do not depend on batching.
+    """
+    N, _, H, W = cond.shape
+    K = num_samples
+    rep = lambda t: t.repeat_interleave(K, dim=0) if t is not None else None
+    idx = [int(i) * K + k for i in index for k in range(K)]
+    c, m, kn = rep(cond), rep(mask), rep(known)
+    op = operator_for(degrade_spec, kn if kn is not None else c, m) if degrade_spec else None
+    res = sample(model, c, m, schedule=schedule, shape=(N * K, in_channels, H, W), known=kn,
+                 operator=op, method=sampler.method, steps=sampler.steps, eta=sampler.eta, w=sampler.w,
+                 resample=sampler.resample, seed=seed, sample_index=idx, clip_x0=sampler.clip_x0,
+                 prediction=prediction, project=kn is not None, progress=progress)
+    return res.x0.view(N, K, in_channels, H, W), res.num_model_calls
+
+
+def finalize(samples_n: torch.Tensor, norm: Normalization, cond_raw: np.ndarray, mask: torch.Tensor
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised (N, K, C, H, W) -> user units; known pixels set to the observation exactly."""
+    N, K, C, H, W = samples_n.shape
+    x = norm.target.denormalize(samples_n.reshape(N * K, C, H, W)).view(N, K, C, H, W)
+    if cond_raw.shape[1] == C:
+        keep = mask.bool().unsqueeze(1).expand(N, K, C, H, W)
+        obs = torch.from_numpy(np.ascontiguousarray(cond_raw)).float().unsqueeze(1).expand_as(x)
+        x = torch.where(keep, obs, x)
+    mean = x.mean(1)
+    std = x.std(1, unbiased=True) if K > 1 else torch.zeros_like(mean)
+    return x.numpy(), mean.numpy(), std.numpy()
+
+
+class Reconstructor:
+    """A loaded checkpoint ready to reconstruct numpy arrays in the user's units."""
+
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu"):
+        self.ckpt = ckpt
+        self.device = torch.device(device)
+        self.model = ckpt.build_model(self.device)
+        self.schedule = NoiseSchedule.from_config(ckpt.config.schedule).to(self.device)
+
+    @property
+    def config(self):
+        return self.ckpt.config
+
+    def reconstruct(self, cond: np.ndarray, mask: np.ndarray | None = None, *, steps: int | None = None,
+                    w: float | None = None, num_samples: int = 1, seed: int = 0, method: str | None = None,
+                    eta: float | None = None, resample: tuple[int, int] | None = None,
+                    degrade_spec: str | None = None, batch_size: int = 64) -> Reconstruction:
+        """Reconstruct from ``cond`` (N[, C_c], H, W), NaN = unknown, and optional ``mask`` (1 = known)."""
+        mc = self.ckpt.config.model
+        cond_raw = as_nchw(cond, mc.cond_channels, "cond")
+        if tuple(cond_raw.shape[2:]) != tuple(mc.image_size):
+            raise InputError(f"cond is {cond_raw.shape[2]}x{cond_raw.shape[3]}, the model was trained on "
+                             f"{mc.image_size[0]}x{mc.image_size[1]}")
+        mask_a = as_nchw(mask, 1, "mask") if mask is not None else None
+        if num_samples < 1:
+            raise InputError(f"num_samples must be >= 1, got {num_samples}")
+        s = self.ckpt.config.sampler
+        s = replace(s, steps=steps or s.steps, w=s.w if w is None else w, method=method or s.method,
+                    eta=s.eta if eta is None else eta, resample=resample if resample is not None else s.resample)
+        cond_n, mask_t, known = prepare_inputs(cond_raw, mask_a, self.ckpt.normalization, mc.in_channels)
+        outs, calls = [], 0
+        for a in range(0, len(cond_raw), batch_size):
+            sl = slice(a, a + batch_size)
+            to = lambda t: t[sl].to(self.device) if t is not None else None
+            x, calls = reconstruct_normalized(self.model, self.schedule, to(cond_n), to(mask_t), to(known),
+                                              range(a, min(a + batch_size, len(cond_raw))), s,
+                                              in_channels=mc.in_channels, prediction=mc.prediction,
+                                              num_samples=num_samples, seed=seed, degrade_spec=degrade_spec)
+            outs.append(x.cpu())
+        samples, mean, std = finalize(torch.cat(outs), self.ckpt.normalization, cond_raw, mask_t)
+        return Reconstruction(samples, mean, std, calls)
+
+
+def load(path: str, device: str = "cpu") -> Reconstructor:
+    """Load a checkpoint directory (config.json + model.safetensors) for reconstruction."""
+    return Reconstructor(load_checkpoint(path), device)

@@ -1,0 +1,135 @@
+"""Checkpoint = a directory, loadable without unpickling anything.
+
+    config.json          format_version, experiment config, normalisation, data info, sha256 of weights
+    model.safetensors    EMA weights
+    training_state.pt    optional: optimizer, scheduler, step, RNG (torch.load(weights_only=True))
+
+Writes go to a temporary sibling directory that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import FORMAT_VERSION, ExperimentConfig
+from .errors import CheckpointError
+from .normalize import Normalization
+from .unet import ConditionalUNet
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+STATE = "training_state.pt"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: ExperimentConfig
+    normalization: Normalization
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    def build_model(self, device: str | torch.device = "cpu") -> ConditionalUNet:
+        model = ConditionalUNet(self.config.model)
+        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{self.path / WEIGHTS}: weights do not match the stored model config "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return model.to(device).eval()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checkpoint_files(directory: str | os.PathLike, weights: dict[str, torch.Tensor],
+                           config: ExperimentConfig, normalization: Normalization,
+                           meta: dict[str, Any] | None = None,
+                           training_state: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint files into an existing (empty) directory."""
+    d = Path(directory)
+    weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    save_file(weights, str(d / WEIGHTS))
+    if training_state is not None:
+        torch.save(training_state, d / STATE)
+    doc = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
+           "normalization": normalization.to_dict(), "meta": meta or {},
+           "weights_sha256": _sha256(d / WEIGHTS)}
+    (d / CONFIG).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    return d
+
+
+def save_checkpoint(path: str | os.PathLike, weights: dict[str, torch.Tensor], config: ExperimentConfig,
+                    normalization: Normalization, meta: dict[str, Any] | None = None,
+                    training_state: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Atomically write a checkpoint directory at ``path``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists; choose another path or pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write_checkpoint_files(tmp, weights, config, normalization, meta, training_state)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load config and EMA weights; refuses anything that is not plain JSON + safetensors."""
+    d = Path(path)
+    if not (d / CONFIG).is_file():
+        raise CheckpointError(f"{d}: not a cfgdiff checkpoint directory (expected {CONFIG} and {WEIGHTS})")
+    try:
+        doc = json.loads((d / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{d / CONFIG}: not valid JSON ({e})") from None
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{d / CONFIG}: format_version {doc.get('format_version')!r} is not supported "
+                              f"(expected {FORMAT_VERSION})")
+    if not (d / WEIGHTS).is_file():
+        raise CheckpointError(f"{d / WEIGHTS}: missing")
+    digest = _sha256(d / WEIGHTS)
+    if digest != doc.get("weights_sha256"):
+        raise CheckpointError(f"{d / WEIGHTS}: sha256 {digest[:12]}... does not match config.json "
+                              f"({str(doc.get('weights_sha256'))[:12]}...); the file is truncated or was modified")
+    try:
+        state = load_file(str(d / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{d / WEIGHTS}: not a valid safetensors file ({e})") from None
+    try:
+        config = ExperimentConfig.from_dict(doc["config"])
+        norm = Normalization.from_dict(doc["normalization"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{d / CONFIG}: invalid config ({e})") from None
+    return Checkpoint(d, config, norm, state, doc.get("meta", {}))
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Load optimizer/step/RNG state with ``weights_only=True`` (no arbitrary unpickling)."""
+    f = Path(path) / STATE
+    if not f.is_file():
+        return None
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means a file we refuse to trust
+        raise CheckpointError(f"{f}: refused to load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

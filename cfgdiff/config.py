@@ -1,0 +1,252 @@
+"""Typed, frozen configuration that travels inside every checkpoint.
+
+Every dataclass validates in ``__post_init__`` and raises ``ValueError`` naming the dotted field.
+``to_dict``/``from_dict`` are strict (unknown keys are an error); ``apply_overrides`` implements the
+CLI's ``--set model.dim=64`` with values parsed as JSON, never evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import InputError
+
+FORMAT_VERSION = 1
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    in_channels: int = 1  # target channels C
+    cond_channels: int = 1  # condition channels C_c (may differ from C)
+    image_size: tuple[int, int] = (32, 32)  # (H, W); each divisible by 2**(len(dim_mults)-1)
+    dim: int = 48  # base channel width
+    dim_mults: tuple[int, ...] = (1, 2, 4)  # width multiplier per resolution level
+    num_res_blocks: int = 2  # residual blocks per level
+    linear_attn_levels: tuple[int, ...] = (1,)  # levels (0 = full resolution) with linear attention
+    mid_attention: bool = True  # softmax attention (SDPA) at the bottleneck
+    heads: int = 4  # attention heads
+    dim_head: int = 32  # channels per attention head
+    dropout: float = 0.0  # dropout inside residual blocks
+    groups: int = 8  # GroupNorm groups
+    use_concat: bool = True  # (a) [cond, mask] concatenated at the input
+    use_control_add: bool = True  # (b) control features added at every level (zero-init 1x1)
+    use_cross_attn: bool = True  # (c) cross-attention to control tokens
+    cross_attn_max_res: int = 16  # cross-attention at levels whose max(H, W) <= this
+    prediction: Literal["eps", "v"] = "eps"  # what the network outputs
+
+    def __post_init__(self):
+        _check(self.in_channels >= 1, f"model.in_channels must be >= 1, got {self.in_channels}")
+        _check(self.cond_channels >= 1, f"model.cond_channels must be >= 1, got {self.cond_channels}")
+        _check(len(self.image_size) == 2 and min(self.image_size) >= 1,
+               f"model.image_size must be (H, W) with H, W >= 1, got {self.image_size}")
+        _check(self.dim >= 1 and len(self.dim_mults) >= 1 and min(self.dim_mults) >= 1,
+               f"model.dim and model.dim_mults must be positive, got {self.dim}, {self.dim_mults}")
+        _check(self.num_res_blocks >= 1, f"model.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        for lvl in self.linear_attn_levels:
+            _check(0 <= lvl < len(self.dim_mults),
+                   f"model.linear_attn_levels entries must be in [0, {len(self.dim_mults)}), got {lvl}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        for m in self.dim_mults:
+            _check((self.dim * m) % self.groups == 0,
+                   f"model.groups={self.groups} must divide every level width dim*mult, got {self.dim * m}")
+        _check(self.prediction in ("eps", "v"), f"model.prediction must be eps or v, got {self.prediction!r}")
+        f = 2 ** (len(self.dim_mults) - 1)
+        H, W = self.image_size
+        _check(H % f == 0 and W % f == 0,
+               f"model.image_size {H}x{W} must be divisible by {f} = 2**(levels-1) for "
+               f"dim_mults={self.dim_mults}; e.g. {max(f, H // f * f)}x{max(f, W // f * f)}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: Literal["linear", "cosine", "sigmoid"] = "cosine"  # beta schedule
+    num_timesteps: int = 1000  # T
+
+    def __post_init__(self):
+        _check(self.kind in ("linear", "cosine", "sigmoid"),
+               f"schedule.kind must be linear, cosine or sigmoid, got {self.kind!r}")
+        _check(1 <= self.num_timesteps <= 100_000,
+               f"schedule.num_timesteps must be in [1, 100000], got {self.num_timesteps}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    method: Literal["ddim", "ddpm"] = "ddim"  # reverse process
+    steps: int = 50  # number of denoising steps (DDPM: T unless respaced)
+    eta: float = 0.0  # DDIM stochasticity, eq. 16; 1 = DDPM variance
+    w: float = 1.0  # guidance: eps_u + w (eps_c - eps_u); 0 uncond, 1 cond
+    resample: tuple[int, int] | None = None  # RePaint (jump length j, resamplings r)
+    clip_x0: bool = True  # clamp x0 predictions to [-1, 1] (min/max-normalised data)
+
+    def __post_init__(self):
+        import math
+
+        _check(self.method in ("ddim", "ddpm"), f"sampler.method must be ddim or ddpm, got {self.method!r}")
+        _check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
+        _check(0.0 <= self.eta <= 1.0, f"sampler.eta must be in [0, 1], got {self.eta}")
+        _check(math.isfinite(self.w), f"sampler.w must be finite, got {self.w}")
+        if self.resample is not None:
+            _check(len(self.resample) == 2 and self.resample[0] >= 1 and self.resample[1] >= 1,
+                   f"sampler.resample must be (jump j >= 1, resamplings r >= 1), got {self.resample}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32  # global batch (split across workers)
+    micro_batch_size: int = 0  # per-worker micro-batch for gradient accumulation; 0 = no accumulation
+    lr: float = 2e-4  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 100  # linear warm-up steps
+    max_steps: int = 2000  # total optimizer steps
+    grad_clip: float = 1.0  # gradient-norm clip; 0 disables
+    ema_decay: float = 0.999  # EMA of the weights
+    p_uncond: float = 0.1  # condition-dropout probability p
+    min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None = plain MSE
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast
+    compile: bool = False  # torch.compile the model
+    seed: int = 0  # base seed (rank r uses seed + 1000 r)
+    degrade: str = "mix:drop:0.8,box:0.4,sensors:64,half:1"  # used when data holds only targets
+    log_every: int = 50  # console/TensorBoard cadence in steps
+    checkpoint_every: int = 500  # report a checkpoint every N steps (0 = at epoch ends only)
+    keep_checkpoints: int = 2  # checkpoints kept by Ray Train
+    val_batches: int = 4  # validation batches for the eps loss
+    val_samples: int = 16  # fixed validation batch for reconstruction metrics
+    val_steps: int = 10  # DDIM steps for validation sampling
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.micro_batch_size >= 0, f"train.micro_batch_size must be >= 0, got {self.micro_batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        _check(0.0 <= self.p_uncond < 1.0, f"train.p_uncond must be in [0, 1), got {self.p_uncond}")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+               f"train.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
+        _check(self.precision in ("fp32", "bf16"), f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+        _check(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        _check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check(self.val_samples >= 1 and self.val_steps >= 1 and self.val_batches >= 1,
+               "train.val_samples, train.val_steps and train.val_batches must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        return from_dict(cls, d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> ExperimentConfig:
+        return cls.from_dict(json.loads(s))
+
+
+# --- strict (de)serialisation --------------------------------------------------------------------
+def to_dict(obj) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def _coerce(tp, value, path: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must be an object, got {type(value).__name__}")
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, path) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f"{path} must have {len(args)} entries, got {value!r}")
+        return tuple(_coerce(a, v, path) for a, v in zip(args, value))
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{path} must be one of {list(args)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, d: dict[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from ``d``; unknown keys raise ``ValueError`` naming them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "config"
+        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply ``section.key=value`` strings. Values are JSON (``64``, ``[1,2]``, ``true``) or bare strings."""
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE such as model.dim=64")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise InputError(f"--set {key}: unknown key {p!r}; sections: {', '.join(sorted(d))}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise InputError(f"--set {key}: unknown key {parts[-1]!r}; valid: {', '.join(sorted(node))}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node[parts[-1]] = value
+    try:
+        return ExperimentConfig.from_dict(d)
+    except ValueError as e:
+        raise InputError(str(e)) from None

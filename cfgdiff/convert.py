@@ -1,0 +1,252 @@
+"""Paired numpy arrays -> validated, normalised-on-read, sharded Parquet (``cfgdiff convert``).
+
+Two streaming passes over memory-mapped inputs, ``chunk_rows`` rows at a time, so peak memory is
+bounded by the chunk, not the file:
+  1. validate (finite targets, binary masks, known pixels have finite conditions), per-channel
+     statistics, source checksums;
+  2. derive masks, degrade if asked, split train/val (seeded) and write zstd Parquet row groups.
+Output goes to a temporary sibling directory that is renamed to ``out`` only on success.
+
+Which pixels are known: an explicit mask first; else NaN in the condition; else (with
+``mask_from_zeros``) condition == 0 in every channel; else none (mask 0: the condition guides the
+network but nothing is projected). Where the mask says missing and the condition is in target
+space, the stored condition holds NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .config import FORMAT_VERSION
+from .data import META, ArraySource
+from .degrade import degrade, parse_spec
+from .errors import InputError
+from .normalize import Normalization, RunningStats
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    condition: str | None = None  # path (or path.npz:key) of the observed condition
+    mask: str | None = None  # path of the mask (1 = known)
+    degrade: str | None = None  # make the condition from the target with this spec
+    layout: str | None = None  # NHW, NCHW or NHWC; detected when unambiguous
+    mask_from_zeros: bool = False  # condition == 0 means missing (the seed's convention)
+    normalization: str = "minmax"  # minmax or meanstd
+    val_fraction: float = 0.1  # held-out fraction
+    seed: int = 0  # split and degradation seed
+    chunk_rows: int = 4096  # rows per processing chunk (bounds memory)
+    row_group_mb: float = 64.0  # target row-group size
+    shard_mb: float = 256.0  # target file size
+    overwrite: bool = False  # replace an existing output directory
+
+
+def _sha256(files) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _validate_shapes(target: ArraySource, cond: ArraySource | None, mask: ArraySource | None) -> None:
+    N, (C, H, W) = len(target), target.chw
+    for src in (cond, mask):
+        if src is None:
+            continue
+        if len(src) != N:
+            raise InputError(f"{src.files[0]} ({src.role}): has N={len(src)} samples but the target has N={N}")
+        if src.chw[1:] != (H, W):
+            raise InputError(f"{src.files[0]} ({src.role}): spatial shape {src.chw[1:]} does not match the "
+                             f"target's {(H, W)}")
+    if mask is not None and mask.chw[0] != 1:
+        raise InputError(f"{mask.files[0]} (mask): expected 1 channel, found {mask.chw[0]}")
+
+
+def _mask_for(chunk_cond, chunk_mask, opts, where: str) -> np.ndarray:
+    if chunk_mask is not None:
+        m = chunk_mask
+        bad = ~((m == 0) | (m == 1))
+        if bad.any():
+            i = int(np.argwhere(bad)[0][0])
+            raise InputError(f"{where} (mask): must be binary 0/1, found {m[bad].flat[0]!r} at row {i}")
+        return m.astype(np.uint8)
+    if chunk_cond is None:
+        return None
+    nan = np.isnan(chunk_cond).any(1, keepdims=True) if np.issubdtype(chunk_cond.dtype, np.floating) else None
+    if nan is not None and nan.any():
+        return (~nan).astype(np.uint8)
+    if opts.mask_from_zeros:
+        return (chunk_cond != 0).any(1, keepdims=True).astype(np.uint8)
+    return np.zeros((chunk_cond.shape[0], 1, *chunk_cond.shape[2:]), np.uint8)
+
+
+def _pass1(target, cond, mask, opts, progress) -> tuple[RunningStats, RunningStats | None, str]:
+    N, C = len(target), target.chw[0]
+    t_stats = RunningStats(C)
+    c_stats = RunningStats(cond.chw[0]) if cond is not None else None
+    mask_kinds = set()
+    for start in range(0, N, opts.chunk_rows):
+        stop = min(N, start + opts.chunk_rows)
+        x = target.read(start, stop)
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            i = start + int(np.argwhere(~np.isfinite(x))[0][0])
+            raise InputError(f"{target.files[0]} (target): NaN or inf at row {i}; targets must be finite")
+        t_stats.update(x)
+        if cond is not None:
+            c = cond.read(start, stop)
+            m = _mask_for(c, mask.read(start, stop) if mask else None, opts, str(mask.files[0]) if mask else "")
+            if np.issubdtype(c.dtype, np.floating):
+                unknown_nan = np.isnan(c) & (m.astype(bool))
+                if unknown_nan.any():
+                    i = start + int(np.argwhere(unknown_nan)[0][0])
+                    raise InputError(f"{cond.files[0]} (condition): NaN at row {i} where the mask says known")
+            c_stats.update(c, m.astype(bool) if m.any() else None)
+            mask_kinds.add("explicit" if mask else ("nan_or_zeros" if m.any() else "none"))
+        if progress:
+            progress("scan", stop, N)
+    return t_stats, c_stats, ",".join(sorted(mask_kinds)) or "targets-only"
+
+
+def _tensor_col(a: np.ndarray) -> pa.Array:
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(a))
+
+
+class _SplitWriter:
+    """Streams row groups into part-XXXXX.parquet files of about ``shard_rows`` rows."""
+
+    def __init__(self, directory: Path, row_group_rows: int, shard_rows: int):
+        self.dir, self.rg, self.shard_rows = directory, row_group_rows, shard_rows
+        directory.mkdir(parents=True)
+        self.writer, self.rows_in_file, self.files, self.count = None, 0, 0, 0
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.rg:
+            self._flush(self.rg)
+
+    def _flush(self, n: int) -> None:
+        t = pa.concat_tables(self.pending).combine_chunks()
+        head, tail = t.slice(0, n), t.slice(n)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.dir / f"part-{self.files:05d}.parquet", head.schema,
+                                           compression="zstd")
+            self.files += 1
+        self.writer.write_table(head, row_group_size=n)
+        self.rows_in_file += n
+        self.count += n
+        self.pending, self.pending_rows = ([tail] if tail.num_rows else []), tail.num_rows
+        if self.rows_in_file >= self.shard_rows:
+            self.writer.close()
+            self.writer, self.rows_in_file = None, 0
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+        if self.writer is not None:
+            self.writer.close()
+
+
+def convert(target_spec: str, out: str | os.PathLike, opts: ConvertOptions = ConvertOptions(),
+            progress: Progress | None = None) -> dict:
+    """Convert arrays to a cfgdiff Parquet dataset at ``out``; returns the metadata written."""
+    out = Path(out)
+    if opts.degrade and opts.condition:
+        raise InputError("--degrade and --condition are exclusive: degrade makes the condition from the target")
+    if opts.mask and not opts.condition:
+        raise InputError("--mask needs --condition (a mask says which condition pixels are known)")
+    if not 0.0 <= opts.val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {opts.val_fraction}")
+    if opts.chunk_rows < 1:
+        raise InputError(f"chunk_rows must be >= 1, got {opts.chunk_rows}")
+    comps = parse_spec(opts.degrade) if opts.degrade else None
+    if out.exists() and any(out.iterdir()) and not opts.overwrite:
+        raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
+    target = ArraySource(target_spec, "target", opts.layout)
+    cond = ArraySource(opts.condition, "condition", opts.layout) if opts.condition else None
+    mask = ArraySource(opts.mask, "mask", None) if opts.mask else None  # (N,H,W) or (N,1,H,W)
+    _validate_shapes(target, cond, mask)
+    N, (C, H, W) = len(target), target.chw
+    t_stats, c_stats, mask_source = _pass1(target, cond, mask, opts, progress)
+    t_aff = t_stats.affine(opts.normalization)
+    norm = Normalization(opts.normalization, t_aff, c_stats.affine(opts.normalization) if c_stats else t_aff)
+    Cc = cond.chw[0] if cond else C
+    has_cond = cond is not None or comps is not None
+
+    rng = np.random.default_rng(opts.seed)
+    is_val = np.zeros(N, bool)
+    is_val[rng.permutation(N)[: int(round(N * opts.val_fraction))]] = True
+    row_bytes = target.dtype.itemsize * C * H * W + (4 * Cc * H * W + H * W if has_cond else 0) + 8
+    rg_rows = max(1, int(opts.row_group_mb * 2**20 // row_bytes))
+    shard_rows = max(rg_rows, int(opts.shard_mb * 2**20 // row_bytes))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        writers = {"train": _SplitWriter(tmp / "train", rg_rows, shard_rows),
+                   "val": _SplitWriter(tmp / "val", rg_rows, shard_rows)}
+        for start in range(0, N, opts.chunk_rows):
+            stop = min(N, start + opts.chunk_rows)
+            x = target.read(start, stop)
+            cols = {"index": pa.array(np.arange(start, stop, dtype=np.int64)), "target": _tensor_col(x)}
+            if cond is not None:
+                c = cond.read(start, stop)
+                m = _mask_for(c, mask.read(start, stop) if mask else None, opts, "")
+                if Cc == C and m.any():
+                    c = np.where(m.astype(bool), c, np.nan).astype(np.result_type(c.dtype, np.float32))
+                cols["condition"], cols["mask"] = _tensor_col(c), _tensor_col(m)
+            elif comps is not None:
+                x_n = t_aff.normalize(torch.from_numpy(x.astype(np.float32)))
+                c_n, m_t = degrade(x_n, comps, seed=opts.seed, index=range(start, stop))
+                c = t_aff.denormalize(c_n)
+                keep = m_t.bool() | (m_t.flatten(1).amax(1) == 0).view(-1, 1, 1, 1)  # dense conditions stay
+                c = torch.where(keep, c, torch.full_like(c, float("nan"))).numpy()
+                cols["condition"], cols["mask"] = _tensor_col(c), _tensor_col(m_t.numpy().astype(np.uint8))
+            table = pa.table(cols)
+            sel = is_val[start:stop]
+            for split, rows in (("train", ~sel), ("val", sel)):
+                if rows.any():
+                    writers[split].add(table.filter(pa.array(rows)))
+            if progress:
+                progress("write", stop, N)
+        for w in writers.values():
+            w.close()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "shapes": {"target": [C, H, W], "condition": [Cc, H, W] if has_cond else None},
+            "dtypes": {"target": str(target.dtype), "condition": str(cond.dtype) if cond else
+                       ("float32" if comps else None)},
+            "normalization": norm.to_dict(),
+            "counts": {"total": N, "train": writers["train"].count, "val": writers["val"].count},
+            "val_fraction": opts.val_fraction, "seed": opts.seed,
+            "mask_source": "degrade" if comps else mask_source, "degrade": opts.degrade,
+            "sources": {"target": target.sources(),
+                        "condition": cond.sources() if cond else None, "mask": mask.sources() if mask else None},
+            "sha256": {role: _sha256(src.files) for role, src in
+                       (("target", target), ("condition", cond), ("mask", mask)) if src is not None},
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

@@ -1,0 +1,237 @@
+"""Array sources, the Parquet layout, and the one decoding function every reader uses.
+
+Parquet layout written by ``cfgdiff convert`` (see convert.py)::
+
+    DIR/cfgdiff.json                 metadata (shapes, dtypes, normalisation, split, checksums)
+    DIR/train/part-00000.parquet     columns: index int64, target, [condition], [mask]
+    DIR/val/part-00000.parquet
+
+``target``/``condition`` are native Arrow fixed-shape tensors (C, H, W) in the source's units and
+dtype (NaN in ``condition`` = unknown); ``mask`` is uint8 (1, H, W), 1 = known.
+``decode_batch`` turns such columns into normalised float32 tensors for the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .errors import InputError
+from .normalize import Normalization
+
+META = "cfgdiff.json"
+LAYOUTS = ("NHW", "NCHW", "NHWC")
+
+
+# --- array sources ------------------------------------------------------------------------------
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: unreadable or truncated .npy file ({str(e).splitlines()[0]})") from None
+
+
+def _open_npz(path: Path, key: str | None, role: str) -> np.ndarray:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: unreadable .npz file ({str(e).splitlines()[0]})") from None
+    keys = list(z.keys())
+    aliases = {"target": ("target", "x", "x0"), "condition": ("condition", "cond", "c", "y"), "mask": ("mask",)}
+    if key is None:
+        found = [k for k in aliases.get(role, ()) if k in keys]
+        key = keys[0] if len(keys) == 1 else (found[0] if found else None)
+        if key is None:
+            raise InputError(f"{path}: holds keys {keys}; say which one with {path}:KEY")
+    if key not in keys:
+        raise InputError(f"{path}: no key {key!r}; the file holds {keys}")
+    try:
+        return z[key]
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}:{key}: unreadable ({str(e).splitlines()[0]})") from None
+
+
+class ArraySource:
+    """A (possibly sharded) array in NCHW order, read in row ranges without loading it whole."""
+
+    def __init__(self, spec: str, role: str, layout: str | None = None):
+        self.spec, self.role = spec, role
+        path_str, key = spec, None
+        if ".npz:" in spec:
+            path_str, key = spec.rsplit(":", 1)
+        path = Path(path_str)
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise InputError(f"{path}: directory holds no .npy shards")
+            self.parts = [_open_npy(f) for f in files]
+            self.files = files
+        elif not path.exists():
+            raise InputError(f"{path}: no such file ({role})")
+        elif path.suffix == ".npz":
+            self.parts, self.files = [_open_npz(path, key, role)], [path]
+        elif path.suffix == ".npy":
+            self.parts, self.files = [_open_npy(path)], [path]
+        else:
+            raise InputError(f"{path}: expected a .npy or .npz file or a directory of .npy shards ({role})")
+        first = self.parts[0]
+        for f, p in zip(self.files, self.parts):
+            if p.shape[1:] != first.shape[1:] or p.dtype != first.dtype:
+                raise InputError(f"{f}: shard shape {p.shape}/{p.dtype} differs from {self.files[0]}: "
+                                 f"{first.shape}/{first.dtype}")
+            if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)
+                    or p.dtype == np.bool_):
+                raise InputError(f"{f}: dtype {p.dtype} is not a float, integer or bool array")
+        self.dtype = first.dtype
+        self.layout = detect_layout(first.shape, layout, f"{self.files[0]} ({role})")
+        self.offsets = np.cumsum([0] + [p.shape[0] for p in self.parts])
+        if self.offsets[-1] == 0:
+            raise InputError(f"{self.files[0]}: empty array ({role}); expected at least one sample")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        s = self.parts[0].shape
+        return {"NHW": (1, s[1], s[2]), "NCHW": (s[1], s[2], s[3]), "NHWC": (s[3], s[1], s[2])}[self.layout]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a contiguous (n, C, H, W) array in the source dtype."""
+        pieces = []
+        for k, p in enumerate(self.parts):
+            lo, hi = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
+            if lo < hi:
+                pieces.append(np.asarray(p[lo - self.offsets[k]:hi - self.offsets[k]]))
+        a = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        if self.layout == "NHW":
+            a = a[:, None]
+        elif self.layout == "NHWC":
+            a = a.transpose(0, 3, 1, 2)  # (n, H, W, C) -> (n, C, H, W)
+        return np.ascontiguousarray(a)
+
+    def sources(self) -> list[dict[str, Any]]:
+        return [{"path": str(f), "shape": list(p.shape), "dtype": str(p.dtype)} for f, p in zip(self.files, self.parts)]
+
+
+def detect_layout(shape: tuple[int, ...], layout: str | None, what: str) -> str:
+    """Resolve (N,H,W) / (N,C,H,W) / (N,H,W,C); ambiguous 4-D shapes need an explicit layout."""
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise InputError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if len(shape) != len(layout):
+            raise InputError(f"{what}: --layout {layout} needs a {len(layout)}-D array, found shape {tuple(shape)}")
+        return layout
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) == 4:
+        # a channel axis is small (<= 16) and smaller than both spatial axes
+        c_first = shape[1] <= 16 and shape[1] < min(shape[2], shape[3])
+        c_last = shape[3] <= 16 and shape[3] < min(shape[1], shape[2])
+        if c_first and not c_last:
+            return "NCHW"
+        if c_last and not c_first:
+            return "NHWC"
+        raise InputError(f"{what}: cannot tell NCHW from NHWC for shape {tuple(shape)}; pass --layout")
+    raise InputError(f"{what}: expected a 3-D (N,H,W) or 4-D (N,C,H,W)/(N,H,W,C) array, found shape {tuple(shape)}")
+
+
+# --- metadata ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetMeta:
+    root: Path
+    doc: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: str | Path) -> DatasetMeta:
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(f"{root}: data directory does not exist")
+        f = root / META
+        if not f.is_file():
+            raise InputError(f"{root}: not a cfgdiff dataset (no {META}); create one with `cfgdiff convert`")
+        try:
+            return cls(root, json.loads(f.read_text()))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{f}: invalid JSON ({e})") from None
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization.from_dict(self.doc["normalization"])
+
+    @property
+    def target_shape(self) -> tuple[int, int, int]:
+        return tuple(self.doc["shapes"]["target"])
+
+    @property
+    def cond_channels(self) -> int:
+        shp = self.doc["shapes"].get("condition")
+        return shp[0] if shp else self.target_shape[0]
+
+    @property
+    def has_condition(self) -> bool:
+        return self.doc["shapes"].get("condition") is not None
+
+    def split_dir(self, split: str) -> Path:
+        return self.root / split
+
+    def count(self, split: str) -> int:
+        return int(self.doc["counts"][split])
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    """Arrow table with fixed-shape tensor columns -> dict of numpy arrays (N, ...)."""
+    out = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        out[name] = col.to_numpy_ndarray() if isinstance(col.type, pa.FixedShapeTensorType) else col.to_numpy()
+    return out
+
+
+def decode_batch(batch: dict[str, np.ndarray], norm: Normalization, device: str | torch.device = "cpu"
+                 ) -> dict[str, torch.Tensor]:
+    """Raw columns -> model tensors: x0 (B, C, H, W) and, when present, cond (B, C_c, H, W) and mask.
+
+    Normalises with the dataset's statistics; unknown (NaN) condition values become 0.
+    """
+    out = {"index": torch.as_tensor(np.asarray(batch["index"], dtype=np.int64))}
+    out["x0"] = norm.target.normalize(torch.tensor(np.asarray(batch["target"]), dtype=torch.float32)).to(device)
+    if "condition" in batch:
+        c = norm.condition.normalize(torch.tensor(np.asarray(batch["condition"]), dtype=torch.float32))
+        out["cond"] = torch.nan_to_num(c, nan=0.0).to(device)
+    if "mask" in batch:
+        out["mask"] = torch.tensor(np.asarray(batch["mask"]), dtype=torch.float32).to(device)
+    return out
+
+
+def iter_parquet_batches(split_dir: str | Path, batch_size: int, columns: list[str] | None = None
+                         ) -> Iterator[dict[str, np.ndarray]]:
+    """Ray-free local reader: stream raw numpy batches from every shard of a split, in file order."""
+    files = sorted(Path(split_dir).glob("*.parquet"))
+    if not files:
+        raise InputError(f"{split_dir}: no Parquet shards")
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for rb in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield table_to_numpy(pa.Table.from_batches([rb]))
+
+
+def read_split(split_dir: str | Path, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Read a whole split (or its first ``limit`` rows) into memory as numpy arrays."""
+    parts, n = [], 0
+    for b in iter_parquet_batches(split_dir, batch_size=1024):
+        parts.append(b)
+        n += len(b["index"])
+        if limit is not None and n >= limit:
+            break
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return {k: v[:limit] for k, v in out.items()} if limit is not None else out

@@ -1,0 +1,136 @@
+"""Framework-free training pieces: optimizer and LR schedule, EMA, ``train_step`` and validation.
+
+The local path and the Ray Train worker (cluster/train.py) both call these, so the per-step math
+exists once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from .config import ExperimentConfig, SamplerConfig, TrainConfig
+from .metrics import reconstruction_metrics
+from .objective import diffusion_loss
+from .sampling import sample
+from .schedule import NoiseSchedule
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+
+
+def make_lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 1% of it at ``max_steps``."""
+    warm = min(cfg.warmup_steps, cfg.max_steps - 1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.max_steps - warm, 1),
+                                                         eta_min=cfg.lr * 0.01)
+    if warm <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), end_factor=1.0,
+                                               total_iters=warm)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warm])
+
+
+class EMA:
+    """Exponential moving average of the weights: s <- d s + (1 - d) w, with d warmed up as
+    min(decay, (1 + n) / (10 + n)) after n updates (as in many DDPM codebases)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        for k, v in _unwrap(model).state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1.0 - d)
+            else:
+                self.shadow[k].copy_(v)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.num_updates = state["decay"], state["num_updates"]
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, lr_sched, schedule: NoiseSchedule,
+               x0: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, cfg: ExperimentConfig,
+               generator: torch.Generator | None = None, micro_batch_size: int = 0) -> dict[str, torch.Tensor]:
+    """One optimizer step on a (per-worker) batch, with gradient accumulation over micro-batches.
+
+    Returns tensors (loss, grad_norm, drop_rate); reading them is the caller's choice of sync point.
+    """
+    tcfg = cfg.train
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    B = x0.shape[0]
+    mb = micro_batch_size if 0 < micro_batch_size < B else B
+    starts = list(range(0, B, mb))
+    total, drop = torch.zeros((), device=x0.device), torch.zeros((), device=x0.device)
+    for i, s in enumerate(starts):
+        sl = slice(s, s + mb)
+        last = i == len(starts) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync, autocast(x0.device, tcfg.precision):
+            loss, diag = diffusion_loss(model, schedule, x0[sl], cond[sl], mask[sl], p_uncond=tcfg.p_uncond,
+                                        prediction=cfg.model.prediction, min_snr_gamma=tcfg.min_snr_gamma,
+                                        generator=generator)
+            n = x0[sl].shape[0]
+            (loss * (n / B)).backward()
+        total += diag["loss"] * (n / B)
+        drop += diag["drop_rate"] * (n / B)
+    params = [p for p in model.parameters() if p.grad is not None]
+    max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    lr_sched.step()
+    return {"loss": total, "grad_norm": grad_norm.detach(), "drop_rate": drop}
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, cond: torch.Tensor,
+              mask: torch.Tensor, cfg: ExperimentConfig, seed: int = 1234) -> torch.Tensor:
+    """Conditional eps/v loss on a batch with a fixed generator (no condition dropout)."""
+    model.eval()
+    g = torch.Generator(device=x0.device).manual_seed(seed)
+    loss, _ = diffusion_loss(model, schedule, x0, cond, mask, p_uncond=0.0, prediction=cfg.model.prediction,
+                             generator=g)
+    return loss
+
+
+@torch.no_grad()
+def reconstruct_and_score(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, cond: torch.Tensor,
+                          mask: torch.Tensor, cfg: ExperimentConfig, sampler: SamplerConfig,
+                          seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sample reconstructions of a fixed validation batch and return (samples, mean metrics)."""
+    model.eval()
+    # the target equals the observation wherever mask = 1, so it serves as the projected values
+    res = sample(model, cond, mask, schedule=schedule, known=x0, method=sampler.method, steps=sampler.steps,
+                 eta=sampler.eta, w=sampler.w, resample=sampler.resample, seed=seed,
+                 clip_x0=sampler.clip_x0, prediction=cfg.model.prediction)
+    m = reconstruction_metrics(res.x0, x0, mask)
+    return res.x0, {k: float(torch.nanmean(v)) for k, v in m.items()}

@@ -1,0 +1,99 @@
+"""Per-channel affine normalisation, x_n = (x - offset) / scale, stored with data and checkpoints.
+
+min/max maps each channel to [-1, 1] (offset = (hi + lo) / 2, scale = (hi - lo) / 2); mean/std
+uses offset = mean, scale = std. Statistics come from one streaming pass (``RunningStats``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ChannelAffine:
+    offset: tuple[float, ...]  # per channel
+    scale: tuple[float, ...]  # per channel, > 0
+
+    def _t(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1)
+        o = torch.tensor(self.offset, dtype=torch.float64).view(shape).to(x.device, torch.float32)
+        s = torch.tensor(self.scale, dtype=torch.float64).view(shape).to(x.device, torch.float32)
+        return o, s
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        o, s = self._t(x)
+        return (x.float() - o) / s
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        o, s = self._t(x)
+        return x.float() * s + o
+
+    def to_dict(self) -> dict:
+        return {"offset": list(self.offset), "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChannelAffine:
+        return cls(tuple(float(v) for v in d["offset"]), tuple(float(v) for v in d["scale"]))
+
+
+@dataclass(frozen=True)
+class Normalization:
+    kind: str  # "minmax" or "meanstd"
+    target: ChannelAffine
+    condition: ChannelAffine
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "target": self.target.to_dict(), "condition": self.condition.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        if d.get("kind") not in ("minmax", "meanstd"):
+            raise ValueError(f"normalization.kind must be minmax or meanstd, got {d.get('kind')!r}")
+        return cls(d["kind"], ChannelAffine.from_dict(d["target"]), ChannelAffine.from_dict(d["condition"]))
+
+    @classmethod
+    def identity(cls, c_target: int, c_cond: int) -> Normalization:
+        return cls("minmax", ChannelAffine((0.0,) * c_target, (1.0,) * c_target),
+                   ChannelAffine((0.0,) * c_cond, (1.0,) * c_cond))
+
+
+class RunningStats:
+    """Streaming per-channel min, max, mean and variance (Chan et al. parallel update), NaN-ignoring."""
+
+    def __init__(self, channels: int):
+        self.n = np.zeros(channels)
+        self.mean = np.zeros(channels)
+        self.m2 = np.zeros(channels)
+        self.lo = np.full(channels, np.inf)
+        self.hi = np.full(channels, -np.inf)
+
+    def update(self, x: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """x: (N, C, H, W); valid: broadcastable bool mask of values to count (NaNs are skipped)."""
+        x = x.astype(np.float64, copy=False)
+        for c in range(x.shape[1]):
+            v = x[:, c]
+            ok = np.isfinite(v) if valid is None else (np.isfinite(v) & np.broadcast_to(valid[:, 0], v.shape))
+            v = v[ok]
+            if v.size == 0:
+                continue
+            n_b, mean_b = v.size, v.mean()
+            m2_b = ((v - mean_b) ** 2).sum()
+            n = self.n[c] + n_b
+            delta = mean_b - self.mean[c]
+            self.mean[c] += delta * n_b / n
+            self.m2[c] += m2_b + delta**2 * self.n[c] * n_b / n
+            self.n[c] = n
+            self.lo[c], self.hi[c] = min(self.lo[c], v.min()), max(self.hi[c], v.max())
+
+    def affine(self, kind: str) -> ChannelAffine:
+        if kind == "minmax":
+            span = np.where(self.hi > self.lo, (self.hi - self.lo) / 2.0, 1.0)
+            offset = np.where(np.isfinite(self.lo), (self.hi + self.lo) / 2.0, 0.0)
+            return ChannelAffine(tuple(offset.tolist()), tuple(span.tolist()))
+        if kind == "meanstd":
+            std = np.sqrt(self.m2 / np.maximum(self.n, 1))
+            return ChannelAffine(tuple(self.mean.tolist()), tuple(np.where(std > 0, std, 1.0).tolist()))
+        raise ValueError(f"normalization must be minmax or meanstd, got {kind!r}")

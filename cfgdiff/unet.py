@@ -1,0 +1,138 @@
+"""ConditionalUNet: (x_t, t, cond, mask) -> eps or v prediction.
+
+The condition reaches the network in up to three ways, each switchable in ``ModelConfig``:
+(a) ``use_concat``: [cond, mask] concatenated to x_t at the input (pixel-aligned);
+(b) ``use_control_add``: ControlEncoder features added at every level through zero-initialised 1x1
+    convs (ControlNet, Zhang et al. 2302.05543);
+(c) ``use_cross_attn``: U-Net tokens attend to control tokens at levels of side <= cross_attn_max_res.
+Zero-initialised (b) and (c) make the network at initialisation equal its concat-only variant.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .control import ControlEncoder
+from .nn import (
+    Attention,
+    CrossAttention,
+    Downsample,
+    LinearAttention,
+    ResBlock,
+    SinusoidalEmbedding,
+    Upsample,
+    zero_module,
+)
+
+
+class _Level(nn.Module):
+    """One resolution level: residual blocks, optional linear attention and cross-attention."""
+
+    def __init__(self, c_ins: list[int], ch: int, emb_dim: int, cfg: ModelConfig, linear_attn: bool,
+                 cross_attn: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(c, ch, emb_dim, cfg.groups, cfg.dropout) for c in c_ins)
+        self.attn = LinearAttention(ch, cfg.heads, cfg.dim_head) if linear_attn else None
+        self.cross = CrossAttention(ch, ch, cfg.heads, cfg.dim_head) if cross_attn else None
+
+
+class ConditionalUNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, Cc, dim = cfg.in_channels, cfg.cond_channels, cfg.dim
+        chs = [dim * m for m in cfg.dim_mults]
+        L = len(chs)
+        emb_dim = 4 * dim
+        self.time = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, emb_dim), nn.SiLU(),
+                                  nn.Linear(emb_dim, emb_dim))
+        self.init_conv = nn.Conv2d(C + (Cc + 1 if cfg.use_concat else 0), dim, 3, padding=1)
+        use_control = cfg.use_control_add or cfg.use_cross_attn
+        self.control = ControlEncoder(Cc + 1, tuple(chs), cfg.groups) if use_control else None
+        H, W = cfg.image_size
+        cross = [cfg.use_cross_attn and max(H, W) // 2**i <= cfg.cross_attn_max_res for i in range(L)]
+        lin = [i in cfg.linear_attn_levels for i in range(L)]
+        n = cfg.num_res_blocks
+        self.down = nn.ModuleList()
+        self.down_samplers = nn.ModuleList()
+        prev = dim
+        for i, ch in enumerate(chs):
+            self.down.append(_Level([prev] + [ch] * (n - 1), ch, emb_dim, cfg, lin[i], cross[i]))
+            self.down_samplers.append(Downsample(ch, ch) if i < L - 1 else nn.Identity())
+            prev = ch
+        self.inject = (nn.ModuleList(zero_module(nn.Conv2d(c, c, 1)) for c in chs)
+                       if cfg.use_control_add else None)
+        self.inject_mid = zero_module(nn.Conv2d(chs[-1], chs[-1], 1)) if cfg.use_control_add else None
+        self.mid1 = ResBlock(chs[-1], chs[-1], emb_dim, cfg.groups, cfg.dropout)
+        self.mid_attn = Attention(chs[-1], cfg.heads, cfg.dim_head) if cfg.mid_attention else None
+        self.mid_cross = CrossAttention(chs[-1], chs[-1], cfg.heads, cfg.dim_head) if cross[-1] else None
+        self.mid2 = ResBlock(chs[-1], chs[-1], emb_dim, cfg.groups, cfg.dropout)
+        self.up = nn.ModuleList()
+        self.up_samplers = nn.ModuleList()
+        for i in reversed(range(L)):
+            self.up.append(_Level([2 * chs[i]] * n, chs[i], emb_dim, cfg, lin[i], cross[i]))
+            self.up_samplers.append(Upsample(chs[i], chs[i - 1]) if i > 0 else nn.Identity())
+        self.out_norm = nn.GroupNorm(cfg.groups, dim)
+        self.out_conv = nn.Conv2d(dim, C, 3, padding=1)
+
+    def check_inputs(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> None:
+        cfg = self.cfg
+        f = 2 ** (len(cfg.dim_mults) - 1)
+        if x_t.ndim != 4 or x_t.shape[1] != cfg.in_channels:
+            raise ValueError(f"x_t must be (B, {cfg.in_channels}, H, W), got {tuple(x_t.shape)}")
+        B, _, H, W = x_t.shape
+        if H % f or W % f:
+            raise ValueError(f"H and W must be divisible by {f} for dim_mults={cfg.dim_mults}; got {H}x{W}, "
+                             f"nearest sizes that work: {H // f * f or f}x{W // f * f or f} or "
+                             f"{(H // f + 1) * f}x{(W // f + 1) * f}")
+        if tuple(cond.shape) != (B, cfg.cond_channels, H, W):
+            raise ValueError(f"cond must be {(B, cfg.cond_channels, H, W)}, got {tuple(cond.shape)}")
+        if tuple(mask.shape) != (B, 1, H, W):
+            raise ValueError(f"mask must be {(B, 1, H, W)}, got {tuple(mask.shape)}")
+        if tuple(t.shape) != (B,):
+            raise ValueError(f"t must be ({B},), got {tuple(t.shape)}")
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x_t (B, C, H, W), t (B,) int, cond (B, C_c, H, W), mask (B, 1, H, W) -> (B, C, H, W)."""
+        self.check_inputs(x_t, t, cond, mask)
+        emb = self.time(t)
+        h = self.init_conv(torch.cat([x_t, cond, mask], 1) if self.cfg.use_concat else x_t)
+        ctrl = self.control(cond, mask) if self.control is not None else None
+        skips = []
+        for i, (level, down) in enumerate(zip(self.down, self.down_samplers)):
+            for b, block in enumerate(level.blocks):
+                h = block(h, emb)
+                if b == 0 and self.inject is not None:  # (b) ControlNet-style add at this resolution
+                    h = h + self.inject[i](ctrl[i])
+                skips.append(h)
+            h = self._attend(level, h, ctrl[i] if ctrl is not None else None)
+            h = down(h)
+        if self.inject_mid is not None:
+            h = h + self.inject_mid(ctrl[-1])
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, ctrl[-1])
+        h = self.mid2(h, emb)
+        L = len(self.up)
+        for j, (level, up) in enumerate(zip(self.up, self.up_samplers)):
+            for block in level.blocks:
+                h = block(torch.cat([h, skips.pop()], 1), emb)
+            h = self._attend(level, h, ctrl[L - 1 - j] if ctrl is not None else None)
+            h = up(h)
+        return self.out_conv(torch.nn.functional.silu(self.out_norm(h)))
+
+    @staticmethod
+    def _attend(level: _Level, h: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        if level.attn is not None:
+            h = level.attn(h)
+        if level.cross is not None:
+            h = level.cross(h, ctx)
+        return h
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,38 @@
+"""Shared fixtures. One fresh local Ray per session, started only when a test asks for it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Quieter, faster Ray Train V2 (../shared/RAY_NOTES.md §7); set before Ray is imported anywhere.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+RAY_CPUS = 6  # a few more logical CPUs than workers + actors so Ray Data is never starved
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    from cluster.runtime import start_ray, stop_ray
+
+    info = start_ray(address="local", num_cpus=RAY_CPUS, quiet=True)
+    yield info
+    stop_ray()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,301 @@
+"""Samplers against closed forms: CFG algebra, projection, and the exact score of Gaussian data."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cfgdiff.config import ScheduleConfig
+from cfgdiff.sampling import guided_output, plan_moves, sample, timestep_sequence
+from cfgdiff.schedule import NoiseSchedule
+
+SHAPE = (1, 2, 3)  # d = 6 pixels
+D = 6
+
+
+def gaussian_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(D, D))
+    sigma = A @ A.T / D + 0.3 * np.eye(D)  # non-diagonal SPD
+    mu = rng.normal(size=D) * 0.5
+    return mu, sigma
+
+
+class GaussianEps:
+    """Exact E[eps | x_t] for x0 ~ N(m, S): sqrt(1-ab) (ab S + (1-ab) I)^-1 (x_t - sqrt(ab) m).
+
+    With a non-empty mask the data distribution is the conditional p(x0 | x_K = y): mean = kriging
+    mean (y on K), covariance = posterior covariance (zero rows/cols on K).
+    """
+
+    def __init__(self, schedule, mu, sigma):
+        self.ab = schedule.alpha_bar.double()
+        self.mu, self.sigma = torch.tensor(mu), torch.tensor(sigma)
+
+    def conditional(self, y, known):
+        k, u = known, ~known
+        S = self.sigma
+        gain = S[u][:, k] @ torch.linalg.inv(S[k][:, k])
+        m = self.mu.clone()
+        m[k] = y[k]
+        m[u] = self.mu[u] + gain @ (y[k] - self.mu[k])
+        Sc = torch.zeros_like(S)
+        Sc[np.ix_(u.numpy(), u.numpy())] = S[u][:, u] - gain @ S[k][:, u]
+        return m, Sc
+
+    def __call__(self, x_t, t, cond, mask):
+        B = x_t.shape[0]
+        ab = self.ab[t[0]]
+        known = mask[0].flatten().bool()
+        if known.any():
+            m, S = self.conditional(cond[0].flatten().double(), known)
+        else:
+            m, S = self.mu, self.sigma
+        C = ab * S + (1 - ab) * torch.eye(D, dtype=torch.float64)
+        x = x_t.reshape(B, D).double()
+        eps = math.sqrt(1 - ab) * torch.linalg.solve(C, (x - math.sqrt(ab) * m).T).T
+        return eps.float().reshape(x_t.shape)
+
+
+def _moments(x):
+    x = x.reshape(x.shape[0], -1).double().numpy()
+    return x.mean(0), np.cov(x.T)
+
+
+def exact_sampler_moments(sched, model, method, steps, eta, known=None, y=None, y_cond=None):
+    """Exact mean/covariance of the *discretised* sampler's output for the affine Gaussian eps.
+
+    Every move is x_s = M x + v + sigma z (then projection of known pixels), so moments propagate
+    in closed form: m <- M m + v, P <- M P M^T + sigma^2 I. This checks the implementation to
+    Monte-Carlo precision, separately from the discretisation error of using few steps.
+    """
+    from cfgdiff.sampling import _move_coefficients
+
+    taus = timestep_sequence(sched.T, steps)
+    ab_lv = torch.cat([sched.alpha_bar.double()[taus], torch.ones(1, dtype=torch.float64)])
+    moves = plan_moves(len(taus), None)
+    coefs = _move_coefficients(ab_lv, moves, method, eta)
+    I = torch.eye(D, dtype=torch.float64)
+    if known is not None:
+        m_data, S_data = model.conditional(y_cond, known)
+        Pk = torch.diag(known.double())
+        Pu = I - Pk
+    else:
+        m_data, S_data = model.mu, model.sigma
+    m, P = torch.zeros(D, dtype=torch.float64), I.clone()
+
+    def project(m, P, lv):
+        if known is None:
+            return m, P
+        a = math.sqrt(float(ab_lv[lv]))
+        return Pu @ m + Pk @ (a * y), Pu @ P @ Pu + (1 - float(ab_lv[lv])) * Pk
+
+    m, P = project(m, P, 0)
+    for (k, k2), (a, b, c, sig) in zip(moves, coefs):
+        ab = float(ab_lv[k])
+        C = ab * S_data + (1 - ab) * I
+        G = math.sqrt(1 - ab) * torch.linalg.inv(C)
+        g = -math.sqrt(ab) * G @ m_data
+        A0 = (I - math.sqrt(1 - ab) * G) / math.sqrt(ab)
+        a0 = -math.sqrt(1 - ab) * g / math.sqrt(ab)
+        M = a * A0 + b * G + c * I
+        v = a * a0 + b * g
+        m, P = M @ m + v, M @ P @ M.T + sig**2 * I
+        m, P = project(m, P, k2)
+    return m.numpy(), P.numpy()
+
+
+def test_exact_gaussian_unconditional_ddpm_matches_data_distribution():
+    sched = NoiseSchedule.from_config(ScheduleConfig("linear", 1000))
+    mu, sigma = gaussian_problem()
+    model = GaussianEps(sched, mu, sigma)
+    N = 6000
+    zeros = torch.zeros(N, *SHAPE)
+    res = sample(model, zeros, zeros[:, :1], schedule=sched, shape=(N, *SHAPE), method="ddpm", steps=1000,
+                 w=1.0, generator=torch.Generator().manual_seed(0), clip_x0=False, project=False)
+    m, c = _moments(res.x0)
+    se = np.sqrt(np.diag(sigma) / N)
+    assert np.all(np.abs(m - mu) < 5 * se + 0.01), (m, mu)
+    assert np.max(np.abs(c - sigma)) < 0.06, np.max(np.abs(c - sigma))
+
+
+@pytest.mark.parametrize("method,steps,eta,max_gap", [("ddpm", 1000, 1.0, 0.03), ("ddim", 100, 1.0, 0.12),
+                                                      ("ddim", 50, 0.0, 0.12)])
+def test_exact_gaussian_unconditional_matches_closed_form_of_the_sampler(method, steps, eta, max_gap):
+    sched = NoiseSchedule.from_config(ScheduleConfig("linear", 1000))
+    mu, sigma = gaussian_problem()
+    model = GaussianEps(sched, mu, sigma)
+    N = 8000
+    zeros = torch.zeros(N, *SHAPE)
+    res = sample(model, zeros, zeros[:, :1], schedule=sched, shape=(N, *SHAPE), method=method, steps=steps,
+                 eta=eta, w=1.0, generator=torch.Generator().manual_seed(0), clip_x0=False, project=False)
+    m_exact, P_exact = exact_sampler_moments(sched, model, method, steps, eta)
+    m, c = _moments(res.x0)
+    assert np.all(np.abs(m - m_exact) < 5 * np.sqrt(np.diag(P_exact) / N) + 1e-3)
+    assert np.max(np.abs(c - P_exact)) < 5 * np.sqrt(2.0 / N) * np.max(np.diag(P_exact))
+    # the discretisation gap itself, relative on the variances: small, and smallest for DDPM-1000
+    gap = np.max(np.abs(np.diag(P_exact) / np.diag(sigma) - 1))
+    assert gap < max_gap, gap
+
+
+@pytest.mark.parametrize("method,steps", [("ddpm", 1000), ("ddim", 100)])
+def test_exact_gaussian_conditional_with_projection_matches_kriging(method, steps):
+    sched = NoiseSchedule.from_config(ScheduleConfig("linear", 1000))
+    mu, sigma = gaussian_problem(1)
+    model = GaussianEps(sched, mu, sigma)
+    known = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    y = torch.tensor(np.random.default_rng(3).multivariate_normal(mu, sigma))
+    m_post, S_post = model.conditional(y, known)
+    N = 6000
+    cond = (y * known).float().reshape(1, *SHAPE).expand(N, *SHAPE).contiguous()
+    mask = known.float().reshape(1, 1, 2, 3).expand(N, 1, 2, 3).contiguous()
+    res = sample(model, cond, mask, schedule=sched, method=method, steps=steps, eta=1.0, w=1.0,
+                 generator=torch.Generator().manual_seed(1), clip_x0=False)
+    x = res.x0.reshape(N, D)
+    assert torch.equal(x[:, known], cond.reshape(N, D)[:, known]), "known pixels equal the observation exactly"
+    m, c = _moments(res.x0)
+    u = (~known).numpy()
+    uu = np.ix_(u, u)
+    # 1. against the closed form of this discretised sampler, to Monte-Carlo precision
+    m_exact, P_exact = exact_sampler_moments(sched, model, method, steps, 1.0, known, y.double(), y)
+    se = np.sqrt(np.diag(P_exact)[u] / N)
+    assert np.all(np.abs(m[u] - m_exact[u]) < 5 * se + 1e-3)
+    assert np.max(np.abs(c[uu] - P_exact[uu])) < 5 * np.sqrt(2.0 / N) * np.max(np.diag(P_exact))
+    # 2. against the kriging posterior itself
+    se = np.sqrt(np.diag(S_post.numpy())[u] / N)
+    assert np.all(np.abs(m[u] - m_post.numpy()[u]) < 5 * se + 0.01)
+    mc = 5 * np.sqrt(2.0 / N) * np.max(np.diag(S_post.numpy()))
+    assert np.max(np.abs(c[uu] - S_post.numpy()[uu])) < mc + (0.01 if method == "ddpm" else 0.1)
+
+
+def test_ddim_eta1_full_schedule_has_ddpm_posterior_variance():
+    from cfgdiff.sampling import _move_coefficients
+
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 50))
+    taus = timestep_sequence(50, 50)
+    assert taus == list(range(49, -1, -1))
+    ab = torch.cat([sched.alpha_bar.double()[taus], torch.ones(1, dtype=torch.float64)])
+    moves = plan_moves(50, None)
+    ddim = _move_coefficients(ab, moves, "ddim", 1.0)
+    ddpm = _move_coefficients(ab, moves, "ddpm", 1.0)
+    for (k, _), (_, _, _, s_ddim), (a, _, c, s_ddpm) in zip(moves, ddim, ddpm):
+        t = taus[k]
+        assert math.isclose(s_ddim**2, float(sched.posterior_variance[t]), rel_tol=1e-4, abs_tol=1e-12)
+        assert math.isclose(s_ddpm**2, float(sched.posterior_variance[t]), rel_tol=1e-4, abs_tol=1e-12)
+        # DDPM move coefficients are the eq. 7 posterior mean coefficients
+        assert math.isclose(a, float(sched.posterior_mean_coef1[t]), rel_tol=1e-4)
+        assert math.isclose(c, float(sched.posterior_mean_coef2[t]), rel_tol=1e-4)
+
+
+class Recorder:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, x_t, t, cond, mask):
+        self.calls.append((x_t.clone(), t.clone(), cond.clone(), mask.clone()))
+        return self.fn(x_t, t, cond, mask)
+
+
+def test_cfg_algebra_and_batched_forward():
+    torch.manual_seed(0)
+    lin = torch.nn.Conv2d(3, 1, 1)
+    f = lambda x, t, c, m: lin(torch.cat([x, c, m], 1)) + 0.01 * t.view(-1, 1, 1, 1)
+    x, t = torch.randn(4, 1, 4, 4), torch.randint(0, 10, (4,))
+    c, m = torch.randn(4, 1, 4, 4), torch.ones(4, 1, 4, 4)
+    with torch.no_grad():
+        e_c, e_u = f(x, t, c, m), f(x, t, torch.zeros_like(c), torch.zeros_like(m))
+        torch.testing.assert_close(guided_output(f, x, t, c, m, 0.0), e_u)
+        torch.testing.assert_close(guided_output(f, x, t, c, m, 1.0), e_c)
+        g = {w: guided_output(f, x, t, c, m, w) for w in (0.5, 2.0, 3.5)}
+        torch.testing.assert_close(g[2.0], e_u + 2.0 * (e_c - e_u), atol=1e-6, rtol=1e-5)
+        # linear in w
+        torch.testing.assert_close(g[3.5] - g[2.0], 1.5 / 1.5 * (g[3.5] - g[2.0]))
+        torch.testing.assert_close((g[3.5] - g[0.5]) / 3.0, (g[2.0] - g[0.5]) / 1.5, atol=1e-5, rtol=1e-4)
+    rec = Recorder(f)
+    with torch.no_grad():
+        guided_output(rec, x, t, c, m, 2.0)
+    assert len(rec.calls) == 1 and rec.calls[0][0].shape[0] == 8, "one 2B forward"
+    for w, n in ((1.0, 4), (0.0, 4)):
+        rec.calls.clear()
+        with torch.no_grad():
+            guided_output(rec, x, t, c, m, w)
+        assert len(rec.calls) == 1 and rec.calls[0][0].shape[0] == n
+
+
+def test_projection_exact_at_end_and_level_s_midway():
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 1000))
+    N = 4000
+    known = torch.full((N, 1, 2, 2), 0.8)
+    mask = torch.zeros(N, 1, 2, 2)
+    mask[:, :, 0, 0] = 1
+    rec = Recorder(lambda x, t, c, m: torch.zeros_like(x))
+    res = sample(rec, known, mask, schedule=sched, steps=10, eta=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.x0[:, :, 0, 0], known[:, :, 0, 0])
+    taus = timestep_sequence(1000, 10)
+    # the input to call i was projected to the level taus[i] of the sample being produced
+    for i in (1, 3, 5):
+        x_in = rec.calls[i][0][:, 0, 0, 0]
+        ab_s = float(sched.alpha_bar[taus[i]])  # level of the sample produced by step i-1
+        ab_t = float(sched.alpha_bar[taus[i - 1]])  # level of the step just taken
+        assert abs(x_in.mean().item() - math.sqrt(ab_s) * 0.8) < 0.03
+        assert abs(x_in.std().item() - math.sqrt(1 - ab_s)) < 0.03
+        assert abs(x_in.mean().item() - math.sqrt(ab_t) * 0.8) > 0.06, "not the level of the step just taken"
+
+
+def test_per_sample_seeding_independent_of_batch():
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
+    f = lambda x, t, c, m: 0.1 * x
+    cond, mask = torch.zeros(6, 1, 4, 4), torch.zeros(6, 1, 4, 4)
+    full = sample(f, cond, mask, schedule=sched, steps=10, eta=1.0, seed=7, sample_index=range(6)).x0
+    part = sample(f, cond[3:], mask[3:], schedule=sched, steps=10, eta=1.0, seed=7, sample_index=range(3, 6)).x0
+    assert torch.equal(full[3:], part)
+
+
+def test_repaint_schedule_and_call_count():
+    assert plan_moves(4, None) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    moves = plan_moves(4, (2, 2))
+    # denoise to 2, jump back to 0, denoise to 2 again, continue
+    assert moves[:5] == [(0, 1), (1, 2), (2, 0), (0, 1), (1, 2)]
+    assert moves[-1] == (3, 4)
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
+    cond, mask = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    res = sample(lambda x, t, c, m: 0 * x, cond, mask, schedule=sched, steps=10, w=2.0, resample=(2, 3))
+    denoise = sum(1 for a, b in plan_moves(10, (2, 3)) if b > a)
+    assert res.num_steps == denoise and res.num_model_calls == 2 * denoise
+    assert denoise == 10 + 2 * 2 * 4  # 4 jump points (2, 4, 6, 8), r-1 = 2 extra passes of j = 2
+
+
+def test_sr_consistency_step_makes_output_consistent():
+    from cfgdiff.degrade import PoolOperator
+
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
+    y = torch.rand(3, 1, 4, 4) * 2 - 1
+    op = PoolOperator(2, y)
+    cond = op.A_pinv(y)
+    res = sample(lambda x, t, c, m: torch.zeros_like(x), cond, torch.zeros(3, 1, 8, 8), schedule=sched,
+                 shape=(3, 1, 8, 8), steps=10, operator=op, project=False, clip_x0=True)
+    torch.testing.assert_close(op.A(res.x0), y, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(steps=0), "steps"), (dict(steps=101), "steps"), (dict(eta=1.5), "eta"),
+    (dict(w=float("nan")), "w must be finite"), (dict(w=float("inf")), "w must be finite"),
+    (dict(method="euler"), "method"),
+])
+def test_sampler_argument_errors(kwargs, match):
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
+    cond, mask = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    with pytest.raises(ValueError, match=match):
+        sample(lambda *a: a[0], cond, mask, schedule=sched, **kwargs)
+
+
+def test_sampler_shape_errors():
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
+    cond = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        sample(lambda *a: a[0], cond, torch.ones(2, 1, 4, 5), schedule=sched)
+    with pytest.raises(ValueError, match="mask must be binary"):
+        sample(lambda *a: a[0], cond, torch.full((2, 1, 4, 4), 0.5), schedule=sched)
+    with pytest.raises(ValueError, match="known must be"):
+        sample(lambda *a: a[0], cond, torch.ones(2, 1, 4, 4), known=torch.zeros(3, 1, 4, 4), schedule=sched)
