@@ -177,7 +177,7 @@ def _coerce(tp, value, path: str):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{path} must be an object, got {type(value).__name__}")
-        return from_dict(tp, value, path)
+        return from_dict(tp, value, path + ".")
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None

@@ -123,7 +123,11 @@ def _pass1(target, cond, mask, opts, progress) -> tuple[RunningStats, RunningSta
 
 
 def _tensor_col(a: np.ndarray) -> pa.Array:
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(a))
+    a = np.ascontiguousarray(a)
+    standard = tuple(int(np.prod(a.shape[i + 1:])) * a.itemsize for i in range(a.ndim))
+    if a.strides != standard:  # size-1 axes from a[:, None] may carry 0 strides that Arrow rejects
+        a = a.copy()
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(a)
 
 
 class _SplitWriter:
@@ -215,9 +219,10 @@ def convert(target_spec: str, out: str | os.PathLike, opts: ConvertOptions = Con
             elif comps is not None:
                 x_n = t_aff.normalize(torch.from_numpy(x.astype(np.float32)))
                 c_n, m_t = degrade(x_n, comps, seed=opts.seed, index=range(start, stop))
-                c = t_aff.denormalize(c_n)
-                keep = m_t.bool() | (m_t.flatten(1).amax(1) == 0).view(-1, 1, 1, 1)  # dense conditions stay
-                c = torch.where(keep, c, torch.full_like(c, float("nan"))).numpy()
+                dense = (m_t.flatten(1).amax(1) == 0).view(-1, 1, 1, 1)  # sr/noise: no pixel known exactly
+                x_raw = torch.from_numpy(x.astype(np.float32))
+                c = torch.where(dense, t_aff.denormalize(c_n),
+                                torch.where(m_t.bool(), x_raw, torch.full_like(x_raw, float("nan")))).numpy()
                 cols["condition"], cols["mask"] = _tensor_col(c), _tensor_col(m_t.numpy().astype(np.uint8))
             table = pa.table(cols)
             sel = is_val[start:stop]

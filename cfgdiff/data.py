@@ -102,7 +102,9 @@ class ArraySource:
     @property
     def chw(self) -> tuple[int, int, int]:
         s = self.parts[0].shape
-        return {"NHW": (1, s[1], s[2]), "NCHW": (s[1], s[2], s[3]), "NHWC": (s[3], s[1], s[2])}[self.layout]
+        if self.layout == "NHW":
+            return (1, s[1], s[2])
+        return (s[1], s[2], s[3]) if self.layout == "NCHW" else (s[3], s[1], s[2])
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as a contiguous (n, C, H, W) array in the source dtype."""

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import ExperimentConfig, SamplerConfig, TrainConfig
 from .metrics import reconstruction_metrics
-from .objective import diffusion_loss
+from .objective import diffusion_loss, draw_noise
 from .sampling import sample
 from .schedule import NoiseSchedule
 
@@ -90,6 +90,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, lr_sched, schedule:
     B = x0.shape[0]
     mb = micro_batch_size if 0 < micro_batch_size < B else B
     starts = list(range(0, B, mb))
+    t, eps, u = draw_noise(x0, schedule.T, generator)
     total, drop = torch.zeros((), device=x0.device), torch.zeros((), device=x0.device)
     for i, s in enumerate(starts):
         sl = slice(s, s + mb)
@@ -98,7 +99,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, lr_sched, schedule:
         with sync, autocast(x0.device, tcfg.precision):
             loss, diag = diffusion_loss(model, schedule, x0[sl], cond[sl], mask[sl], p_uncond=tcfg.p_uncond,
                                         prediction=cfg.model.prediction, min_snr_gamma=tcfg.min_snr_gamma,
-                                        generator=generator)
+                                        noise=(t[sl], eps[sl], u[sl]))
             n = x0[sl].shape[0]
             (loss * (n / B)).backward()
         total += diag["loss"] * (n / B)

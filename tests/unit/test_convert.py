@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cfgdiff.convert import ConvertOptions, convert
+from cfgdiff.data import DatasetMeta, decode_batch, iter_parquet_batches, read_split
+from cfgdiff.errors import InputError
+
+
+def _read_all(out):
+    parts = [read_split(out / s) for s in ("train", "val") if list((out / s).glob("*.parquet"))]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(merged["index"])
+    return {k: v[order] for k, v in merged.items()}
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8])
+def test_round_trip_exact_every_layout_and_dtype(tmp_path, layout, dtype):
+    rng = np.random.default_rng(0)
+    N, C, H, W = 37, (1 if layout == "NHW" else 2), 8, 12
+    nchw = (rng.uniform(0, 100, (N, C, H, W))).astype(dtype)
+    arr = {"NHW": nchw[:, 0], "NCHW": nchw, "NHWC": nchw.transpose(0, 2, 3, 1)}[layout]
+    np.save(tmp_path / "x.npy", arr)
+    out = tmp_path / "ds"
+    meta = convert(str(tmp_path / "x.npy"), out, ConvertOptions(chunk_rows=10, val_fraction=0.2, seed=1))
+    assert meta["counts"] == {"total": N, "train": N - 7, "val": 7}
+    got = _read_all(out)
+    assert got["target"].dtype == dtype and np.array_equal(got["target"], nchw)
+    assert np.array_equal(got["index"], np.arange(N))
+    # normalisation is inverted exactly (to float32 precision) and maps to [-1, 1]
+    dm = DatasetMeta.load(out)
+    dec = decode_batch(got, dm.normalization)
+    assert dec["x0"].min() >= -1 - 1e-6 and dec["x0"].max() <= 1 + 1e-6
+    back = dm.normalization.target.denormalize(dec["x0"]).numpy()
+    np.testing.assert_allclose(back, nchw.astype(np.float64), rtol=1e-6, atol=1e-4)
+
+
+def test_condition_mask_nan_and_zero_conventions(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 8, 8)).astype(np.float32)
+    m = (rng.uniform(size=(20, 8, 8)) > 0.5).astype(np.uint8)
+    c_nan = np.where(m == 1, x, np.nan).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "c.npy", c_nan)
+    np.save(tmp_path / "m.npy", m)
+    for name, opts in {"explicit": ConvertOptions(condition=str(tmp_path / "c.npy"), mask=str(tmp_path / "m.npy")),
+                       "nan": ConvertOptions(condition=str(tmp_path / "c.npy"))}.items():
+        out = tmp_path / name
+        convert(str(tmp_path / "x.npy"), out, opts)
+        got = _read_all(out)
+        assert np.array_equal(got["mask"][:, 0], m), name
+        dec = decode_batch(got, DatasetMeta.load(out).normalization)
+        assert torch.all(dec["cond"][dec["mask"].expand_as(dec["cond"]) == 0] == 0)
+    np.save(tmp_path / "cz.npy", np.where(m == 1, x, 0).astype(np.float32))
+    convert(str(tmp_path / "x.npy"), tmp_path / "zeros",
+            ConvertOptions(condition=str(tmp_path / "cz.npy"), mask_from_zeros=True))
+    assert np.array_equal(_read_all(tmp_path / "zeros")["mask"][:, 0], m)
+
+
+def test_npz_keys_and_shard_directory(tmp_path):
+    x = np.arange(2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16)
+    np.savez(tmp_path / "d.npz", target=x, other=x)
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "a.npy", x[:1])
+    np.save(tmp_path / "shards" / "b.npy", x[1:])
+    convert(f"{tmp_path / 'd.npz'}:target", tmp_path / "o1", ConvertOptions(val_fraction=0.0))
+    convert(str(tmp_path / "shards"), tmp_path / "o2", ConvertOptions(val_fraction=0.0))
+    assert np.array_equal(_read_all(tmp_path / "o1")["target"][:, 0], x)
+    assert np.array_equal(_read_all(tmp_path / "o2")["target"][:, 0], x)
+
+
+def test_degrade_spec_at_convert_and_metadata(tmp_path):
+    x = np.random.default_rng(0).normal(size=(30, 1, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    meta = convert(str(tmp_path / "x.npy"), tmp_path / "o", ConvertOptions(degrade="drop:0.5", seed=2))
+    doc = json.loads((tmp_path / "o" / "cfgdiff.json").read_text())
+    assert doc == json.loads(json.dumps(meta)) and doc["degrade"] == "drop:0.5"
+    assert len(doc["sha256"]["target"]) == 64 and doc["shapes"]["condition"] == [1, 16, 16]
+    got = _read_all(tmp_path / "o")
+    assert abs(got["mask"].mean() - 0.5) < 0.05
+    known = got["mask"].astype(bool)
+    assert np.array_equal(got["condition"][known], got["target"][known])
+    assert np.all(np.isnan(got["condition"][~known]))
+
+
+def test_streaming_reader_batches(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((50, 4, 4), np.float32))
+    convert(str(tmp_path / "x.npy"), tmp_path / "o", ConvertOptions(val_fraction=0.0, row_group_mb=0.0001))
+    sizes = [len(b["index"]) for b in iter_parquet_batches(tmp_path / "o" / "train", batch_size=16)]
+    assert sum(sizes) == 50 and max(sizes) <= 16
+
+
+BAD = {
+    "mismatched N": (lambda d: (np.zeros((4, 8, 8)), np.zeros((5, 8, 8)), None), "N=5"),
+    "mismatched spatial": (lambda d: (np.zeros((4, 8, 8)), np.zeros((4, 8, 9)), None), "spatial shape"),
+    "non-binary mask": (lambda d: (np.zeros((4, 8, 8)), np.zeros((4, 8, 8)), np.full((4, 8, 8), 0.5)), "binary"),
+    "nan target": (lambda d: (np.full((4, 8, 8), np.nan), None, None), "NaN or inf at row 0"),
+    "empty": (lambda d: (np.zeros((0, 8, 8)), None, None), "empty array"),
+    "impossible layout": (lambda d: (np.zeros((4, 8, 8, 8)), None, None), "cannot tell NCHW from NHWC"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_clear_error_and_nothing_left(tmp_path, case):
+    make, match = BAD[case]
+    x, c, m = make(tmp_path)
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    opts = {}
+    if c is not None:
+        np.save(tmp_path / "c.npy", c.astype(np.float32))
+        opts["condition"] = str(tmp_path / "c.npy")
+    if m is not None:
+        np.save(tmp_path / "m.npy", m.astype(np.float32))
+        opts["mask"] = str(tmp_path / "m.npy")
+    with pytest.raises(InputError, match=match):
+        convert(str(tmp_path / "x.npy"), tmp_path / "out", ConvertOptions(**opts))
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_truncated_file_bad_spec_and_layout_flag(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((40, 8, 8), np.float32))
+    data = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"t\.npy: unreadable or truncated"):
+        convert(str(tmp_path / "t.npy"), tmp_path / "out")
+    with pytest.raises(InputError, match="unknown kind"):
+        convert(str(tmp_path / "x.npy"), tmp_path / "out", ConvertOptions(degrade="blur:3"))
+    with pytest.raises(InputError, match="--layout NCHW needs a 4-D array"):
+        convert(str(tmp_path / "x.npy"), tmp_path / "out", ConvertOptions(layout="NCHW"))
+    (tmp_path / "junk.npy").write_text("not numpy")
+    with pytest.raises(InputError, match="junk.npy: unreadable"):
+        convert(str(tmp_path / "junk.npy"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,63 @@
+import math
+
+import torch
+
+from cfgdiff.metrics import (
+    coverage,
+    known_error,
+    mae_missing,
+    mean_fill,
+    psnr,
+    rmse_missing,
+    ssim,
+    std_error_correlation,
+)
+
+
+def test_psnr_closed_form():
+    x = torch.zeros(2, 1, 4, 4)
+    y = x.clone()
+    y[0] += 0.1
+    y[1] += 0.2
+    p = psnr(x, y, data_range=2.0)
+    torch.testing.assert_close(p, torch.tensor([10 * math.log10(4 / 0.01), 10 * math.log10(4 / 0.04)]))
+
+
+def test_ssim_identity_and_degradation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    torch.testing.assert_close(ssim(x, x, 1.0), torch.ones(2))
+    noisy = x + 0.2 * torch.randn(x.shape, generator=g)
+    s = ssim(noisy, x, 1.0)
+    assert torch.all(s < 0.9) and torch.all(s > 0)
+    # SSIM of a constant shift c: luminance term (2 mu mu' + C1)/(mu^2 + mu'^2 + C1) on flat images
+    a, b = torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), 0.6)
+    c1 = (0.01) ** 2
+    torch.testing.assert_close(ssim(a, b, 1.0), torch.tensor([(2 * 0.3 + c1) / (0.25 + 0.36 + c1)]), rtol=1e-3, atol=0)
+
+
+def test_missing_pixel_errors_and_known_error():
+    x = torch.zeros(1, 2, 2, 2)
+    y = torch.zeros(1, 2, 2, 2)
+    y[0, :, 0, 0] = 1.0  # error on a known pixel
+    y[0, :, 1, 1] = 2.0  # error on a missing pixel
+    mask = torch.ones(1, 1, 2, 2)
+    mask[0, 0, 1, 1] = 0
+    mask[0, 0, 0, 1] = 0
+    torch.testing.assert_close(mae_missing(x, y, mask), torch.tensor([1.0]))  # (2+2+0+0)/4
+    torch.testing.assert_close(rmse_missing(x, y, mask), torch.tensor([math.sqrt(2.0)]))
+    torch.testing.assert_close(known_error(x, y, mask), torch.tensor([1.0]))
+
+
+def test_mean_fill_and_calibration():
+    known = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    torch.testing.assert_close(mean_fill(known, mask), torch.tensor([[[[1.0, 3.0], [2.0, 2.0]]]]))
+    g = torch.Generator().manual_seed(0)
+    mean = torch.zeros(1, 1, 100, 100)
+    std = torch.rand(1, 1, 100, 100, generator=g) + 0.5
+    truth = std * torch.randn(1, 1, 100, 100, generator=g)
+    m = torch.zeros(1, 1, 100, 100)
+    cov = coverage(mean, std, truth, m).item()
+    assert abs(cov - 0.9545) < 0.01
+    assert std_error_correlation(std, mean, truth, m).item() > 0.2

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from cfgdiff.config import ModelConfig
+from cfgdiff.unet import ConditionalUNet, num_parameters
+
+TINY = dict(dim=16, dim_mults=(1, 2), num_res_blocks=1, heads=2, dim_head=8, groups=4)
+
+
+@pytest.mark.parametrize("C,Cc,H,W,kw", [
+    (1, 1, 16, 16, {}),
+    (3, 3, 8, 12, {"use_cross_attn": False}),
+    (2, 5, 16, 8, {"use_control_add": False, "prediction": "v"}),
+    (4, 1, 8, 8, {"use_concat": False, "linear_attn_levels": (0, 1)}),
+    (1, 2, 12, 16, {"dim_mults": (1, 2, 2), "mid_attention": False}),
+])
+def test_output_shape_equals_input_shape(C, Cc, H, W, kw):
+    cfg = ModelConfig(in_channels=C, cond_channels=Cc, image_size=(H, W), **{**TINY, **kw})
+    m = ConditionalUNet(cfg)
+    x = torch.randn(2, C, H, W)
+    out = m(x, torch.tensor([0, 999]), torch.randn(2, Cc, H, W), torch.ones(2, 1, H, W))
+    assert out.shape == x.shape
+
+
+def test_reference_size_is_about_6m_parameters():
+    n = num_parameters(ConditionalUNet(ModelConfig(use_control_add=False, use_cross_attn=False)))
+    assert 5e6 < n < 8e6, n
+
+
+def test_gradients_reach_control_encoder_and_cross_attention():
+    cfg = ModelConfig(image_size=(16, 16), **TINY)
+    m = ConditionalUNet(cfg)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x, c, mk = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16), torch.ones(4, 1, 16, 16)
+    t = torch.randint(0, 1000, (4,))
+    for _ in range(2):  # the zero-initialised injections open up after one step
+        opt.zero_grad()
+        m(x, t, c, mk).pow(2).mean().backward()
+        opt.step()
+    crosses = [lv.cross for lv in list(m.down) + list(m.up) if lv.cross is not None]
+    assert crosses, "cross-attention present at <= 16x16"
+    for name, mod in [("control", m.control)] + [(f"cross{i}", c) for i, c in enumerate(crosses)]:
+        grads = [p.grad for p in mod.parameters()]
+        assert all(g is not None for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, f"no gradient reaches {name}"
+        assert all(float(g.abs().sum()) > 0 for g in [mod.parameters().__next__().grad])
+
+
+def test_zero_init_injection_equals_concat_only_at_init():
+    base = ConditionalUNet(ModelConfig(image_size=(16, 16), use_control_add=False, use_cross_attn=False, **TINY))
+    full = ConditionalUNet(ModelConfig(image_size=(16, 16), **TINY))
+    missing, unexpected = full.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected
+    assert all(k.startswith(("control.", "inject", "down.", "up.", "mid_cross")) for k in missing)
+    x, c, mk = torch.randn(3, 1, 16, 16), torch.randn(3, 1, 16, 16), torch.ones(3, 1, 16, 16)
+    t = torch.tensor([1, 500, 999])
+    with torch.no_grad():
+        torch.testing.assert_close(full(x, t, c, mk), base(x, t, c, mk), atol=1e-6, rtol=1e-5)
+
+
+def test_bad_shapes_give_clear_errors():
+    with pytest.raises(ValueError, match=r"divisible by 4.*e\.g\."):
+        ModelConfig(image_size=(30, 32))
+    m = ConditionalUNet(ModelConfig(image_size=(16, 16), **TINY))
+    with pytest.raises(ValueError, match="x_t must be"):
+        m(torch.randn(1, 2, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 16, 16), torch.ones(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="divisible by 2"):
+        m(torch.randn(1, 1, 15, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 15, 16), torch.ones(1, 1, 15, 16))
+    with pytest.raises(ValueError, match="cond must be"):
+        m(torch.randn(1, 1, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 3, 16, 16), torch.ones(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="mask must be"):
+        m(torch.randn(1, 1, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 16, 16), torch.ones(1, 2, 16, 16))
