@@ -63,16 +63,16 @@ def _sha256(files) -> str:
     return h.hexdigest()
 
 
-def _validate_shapes(target: ArraySource, cond: ArraySource | None, mask: ArraySource | None) -> None:
-    N, (C, H, W) = len(target), target.chw
+def _validate_shapes(ref: ArraySource, cond: ArraySource | None, mask: ArraySource | None) -> None:
+    N, (C, H, W) = len(ref), ref.chw
     for src in (cond, mask):
-        if src is None:
+        if src is None or src is ref:
             continue
         if len(src) != N:
-            raise InputError(f"{src.files[0]} ({src.role}): has N={len(src)} samples but the target has N={N}")
+            raise InputError(f"{src.files[0]} ({src.role}): has N={len(src)} samples but the {ref.role} has N={N}")
         if src.chw[1:] != (H, W):
             raise InputError(f"{src.files[0]} ({src.role}): spatial shape {src.chw[1:]} does not match the "
-                             f"target's {(H, W)}")
+                             f"{ref.role}'s {(H, W)}")
     if mask is not None and mask.chw[0] != 1:
         raise InputError(f"{mask.files[0]} (mask): expected 1 channel, found {mask.chw[0]}")
 
@@ -95,18 +95,20 @@ def _mask_for(chunk_cond, chunk_mask, opts, where: str) -> np.ndarray:
     return np.zeros((chunk_cond.shape[0], 1, *chunk_cond.shape[2:]), np.uint8)
 
 
-def _pass1(target, cond, mask, opts, progress) -> tuple[RunningStats, RunningStats | None, str]:
-    N, C = len(target), target.chw[0]
-    t_stats = RunningStats(C)
+def _pass1(target, cond, mask, opts, progress) -> tuple[RunningStats | None, RunningStats | None, str]:
+    ref = target if target is not None else cond
+    N = len(ref)
+    t_stats = RunningStats(target.chw[0]) if target is not None else None
     c_stats = RunningStats(cond.chw[0]) if cond is not None else None
     mask_kinds = set()
     for start in range(0, N, opts.chunk_rows):
         stop = min(N, start + opts.chunk_rows)
-        x = target.read(start, stop)
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            i = start + int(np.argwhere(~np.isfinite(x))[0][0])
-            raise InputError(f"{target.files[0]} (target): NaN or inf at row {i}; targets must be finite")
-        t_stats.update(x)
+        if target is not None:
+            x = target.read(start, stop)
+            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                i = start + int(np.argwhere(~np.isfinite(x))[0][0])
+                raise InputError(f"{target.files[0]} (target): NaN or inf at row {i}; targets must be finite")
+            t_stats.update(x)
         if cond is not None:
             c = cond.read(start, stop)
             m = _mask_for(c, mask.read(start, stop) if mask else None, opts, str(mask.files[0]) if mask else "")
@@ -168,10 +170,17 @@ class _SplitWriter:
             self.writer.close()
 
 
-def convert(target_spec: str, out: str | os.PathLike, opts: ConvertOptions = ConvertOptions(),
+def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOptions = ConvertOptions(),
             progress: Progress | None = None) -> dict:
-    """Convert arrays to a cfgdiff Parquet dataset at ``out``; returns the metadata written."""
+    """Convert arrays to a cfgdiff Parquet dataset at ``out``; returns the metadata written.
+
+    ``target_spec`` may be None when only conditions (and masks) are given, for inference.
+    """
     out = Path(out)
+    if target_spec is None and not opts.condition:
+        raise InputError("need a target array, or --condition for condition-only (inference) data")
+    if target_spec is None and opts.degrade:
+        raise InputError("--degrade needs clean targets to degrade")
     if opts.degrade and opts.condition:
         raise InputError("--degrade and --condition are exclusive: degrade makes the condition from the target")
     if opts.mask and not opts.condition:
@@ -183,21 +192,23 @@ def convert(target_spec: str, out: str | os.PathLike, opts: ConvertOptions = Con
     comps = parse_spec(opts.degrade) if opts.degrade else None
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-    target = ArraySource(target_spec, "target", opts.layout)
+    target = ArraySource(target_spec, "target", opts.layout) if target_spec is not None else None
     cond = ArraySource(opts.condition, "condition", opts.layout) if opts.condition else None
     mask = ArraySource(opts.mask, "mask", None) if opts.mask else None  # (N,H,W) or (N,1,H,W)
-    _validate_shapes(target, cond, mask)
-    N, (C, H, W) = len(target), target.chw
+    ref = target if target is not None else cond
+    _validate_shapes(ref, cond, mask)
+    N, (C, H, W) = len(ref), ref.chw
     t_stats, c_stats, mask_source = _pass1(target, cond, mask, opts, progress)
-    t_aff = t_stats.affine(opts.normalization)
-    norm = Normalization(opts.normalization, t_aff, c_stats.affine(opts.normalization) if c_stats else t_aff)
+    c_aff = c_stats.affine(opts.normalization) if c_stats else None
+    t_aff = t_stats.affine(opts.normalization) if t_stats else c_aff
+    norm = Normalization(opts.normalization, t_aff, c_aff or t_aff)
     Cc = cond.chw[0] if cond else C
     has_cond = cond is not None or comps is not None
 
     rng = np.random.default_rng(opts.seed)
     is_val = np.zeros(N, bool)
     is_val[rng.permutation(N)[: int(round(N * opts.val_fraction))]] = True
-    row_bytes = target.dtype.itemsize * C * H * W + (4 * Cc * H * W + H * W if has_cond else 0) + 8
+    row_bytes = ref.dtype.itemsize * C * H * W + (4 * Cc * H * W + H * W if has_cond else 0) + 8
     rg_rows = max(1, int(opts.row_group_mb * 2**20 // row_bytes))
     shard_rows = max(rg_rows, int(opts.shard_mb * 2**20 // row_bytes))
 
@@ -208,8 +219,10 @@ def convert(target_spec: str, out: str | os.PathLike, opts: ConvertOptions = Con
                    "val": _SplitWriter(tmp / "val", rg_rows, shard_rows)}
         for start in range(0, N, opts.chunk_rows):
             stop = min(N, start + opts.chunk_rows)
-            x = target.read(start, stop)
-            cols = {"index": pa.array(np.arange(start, stop, dtype=np.int64)), "target": _tensor_col(x)}
+            cols = {"index": pa.array(np.arange(start, stop, dtype=np.int64))}
+            if target is not None:
+                x = target.read(start, stop)
+                cols["target"] = _tensor_col(x)
             if cond is not None:
                 c = cond.read(start, stop)
                 m = _mask_for(c, mask.read(start, stop) if mask else None, opts, "")
@@ -235,14 +248,14 @@ def convert(target_spec: str, out: str | os.PathLike, opts: ConvertOptions = Con
             w.close()
         meta = {
             "format_version": FORMAT_VERSION,
-            "shapes": {"target": [C, H, W], "condition": [Cc, H, W] if has_cond else None},
-            "dtypes": {"target": str(target.dtype), "condition": str(cond.dtype) if cond else
+            "shapes": {"target": [C, H, W] if target else None, "condition": [Cc, H, W] if has_cond else None},
+            "dtypes": {"target": str(target.dtype) if target else None, "condition": str(cond.dtype) if cond else
                        ("float32" if comps else None)},
             "normalization": norm.to_dict(),
             "counts": {"total": N, "train": writers["train"].count, "val": writers["val"].count},
             "val_fraction": opts.val_fraction, "seed": opts.seed,
             "mask_source": "degrade" if comps else mask_source, "degrade": opts.degrade,
-            "sources": {"target": target.sources(),
+            "sources": {"target": target.sources() if target else None,
                         "condition": cond.sources() if cond else None, "mask": mask.sources() if mask else None},
             "sha256": {role: _sha256(src.files) for role, src in
                        (("target", target), ("condition", cond), ("mask", mask)) if src is not None},

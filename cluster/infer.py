@@ -1,0 +1,302 @@
+"""Parallel batch inpainting: Ray Data ``map_batches`` over an actor pool (``cfgdiff infer``).
+
+Why Ray Data rather than ``ray.util.ActorPool``: streaming back-pressure, reading Parquet in
+parallel, and task retries on a restarted actor come for free (RAY_NOTES §5). Each actor loads the
+model once; the checkpoint travels through the object store, so no shared filesystem is needed.
+
+Exactly once: every row has a global ``index``; the driver writes each output row into its slot
+and checks that every slot was filled once. Determinism: sample k of row i is seeded
+``seed + i K + k`` by the core sampler, so outputs do not depend on actor count or batch size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from cfgdiff.api import finalize, prepare_inputs, reconstruct_normalized
+from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
+from cfgdiff.config import SamplerConfig
+from cfgdiff.convert import ConvertOptions, convert
+from cfgdiff.data import META, DatasetMeta, read_split
+from cfgdiff.errors import InputError
+from cfgdiff.metrics import coverage, known_error, mae_missing, psnr, ssim, std_error_correlation
+from cfgdiff.schedule import NoiseSchedule
+from cfgdiff.viz import image_grid, write_png
+
+
+@dataclass
+class InferJob:
+    checkpoint: str  # checkpoint directory
+    input: str  # cfgdiff dataset dir, or .npy/.npz (targets with `degrade`, or conditions)
+    out: str  # OUT.npy or OUT.parquet; side files OUT.*.{npy,png,json} next to it
+    mask: str | None = None  # mask array for .npy/.npz conditions
+    condition: str | None = None  # condition array when `input` holds targets
+    degrade: str | None = None  # make conditions from clean targets (benchmarking)
+    split: str = "val"  # which split of a dataset directory ("train", "val" or "all")
+    actors: int = 1  # inference actors
+    gpus_per_actor: float = 0.0  # GPUs per actor
+    cpus_per_actor: float = 1.0  # logical CPUs per actor
+    threads_per_actor: int = 1  # torch threads per actor
+    batch_size: int = 16  # rows per actor batch
+    model_batch: int = 8  # rows per network call (fixed: bit-identical output for any batch size); 0 = whole batch
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    num_samples: int = 1  # K samples per row (K > 1 adds mean/std maps)
+    seed: int = 0  # base seed
+    overwrite: bool = False  # replace existing outputs
+    grid_rows: int = 8  # rows in the PNG grid
+    fail_once_marker: str | None = None  # test hook: first actor call dies once
+
+
+def _side(out: Path, suffix: str) -> Path:
+    return out.with_name(out.stem + suffix)
+
+
+def _outputs(job: InferJob) -> list[Path]:
+    out = Path(job.out)
+    files = [out, _side(out, ".metrics.json"), _side(out, ".grid.png")]
+    if job.num_samples > 1:
+        files += [_side(out, ".std.npy"), _side(out, ".samples.npy")] if out.suffix == ".npy" else []
+    return files
+
+
+def _prepare_input(job: InferJob, tmp: Path) -> DatasetMeta:
+    """A cfgdiff dataset for any input: used as is, or converted (validated) into ``tmp``."""
+    src = Path(job.input)
+    if src.is_dir() and (src / META).is_file():
+        if job.degrade or job.mask or job.condition:
+            raise InputError("--degrade/--mask/--condition apply to array inputs, not to a converted dataset")
+        return DatasetMeta.load(src)
+    if src.suffix in (".npy", ".npz") or src.is_dir():
+        opts = ConvertOptions(condition=job.condition, mask=job.mask, degrade=job.degrade, val_fraction=0.0,
+                              seed=job.seed)
+        if job.condition is None and job.degrade is None:  # the input holds conditions
+            opts = ConvertOptions(condition=job.input, mask=job.mask, val_fraction=0.0)
+            convert(None, tmp / "in", opts)
+        else:
+            convert(job.input, tmp / "in", opts)
+        return DatasetMeta.load(tmp / "in")
+    raise InputError(f"--input {src}: expected a cfgdiff dataset directory, a .npy/.npz file or a .npy directory")
+
+
+def _split_dirs(meta: DatasetMeta, split: str) -> list[Path]:
+    if split not in ("train", "val", "all"):
+        raise InputError(f"--split must be train, val or all, got {split!r}")
+    names = ["train", "val"] if split == "all" else [split]
+    dirs = [meta.split_dir(s) for s in names if list(meta.split_dir(s).glob("*.parquet"))]
+    if not dirs:
+        raise InputError(f"--input {meta.root}: split {split!r} holds no rows")
+    return dirs
+
+
+def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
+    mc = ckpt.config.model
+    if job.out.rsplit(".", 1)[-1] not in ("npy", "parquet"):
+        raise InputError(f"--out {job.out}: the extension must be .npy or .parquet")
+    existing = [str(p) for p in _outputs(job) if p.exists()]
+    if existing and not job.overwrite:
+        raise InputError(f"--out {job.out}: {existing[0]} exists; pass --overwrite to replace it")
+    if not meta.has_condition:
+        raise InputError(f"--input {meta.root}: holds no conditions or masks; pass --degrade SPEC to make them")
+    shp = meta.doc["shapes"]["condition"]
+    if shp[0] != mc.cond_channels or tuple(shp[1:]) != tuple(mc.image_size):
+        raise InputError(f"--input {meta.root}: conditions are {shp[0]}x{shp[1]}x{shp[2]} (C x H x W) but the "
+                         f"checkpoint expects {mc.cond_channels}x{mc.image_size[0]}x{mc.image_size[1]}")
+    t = meta.doc["shapes"].get("target")
+    if t and t[0] != mc.in_channels:
+        raise InputError(f"--input {meta.root}: targets have {t[0]} channels, the checkpoint {mc.in_channels}")
+    if job.actors < 1 or job.batch_size < 1 or job.num_samples < 1:
+        raise InputError("--actors, --batch-size and --num-samples must be >= 1")
+
+
+class Inpainter:
+    """Ray Data callable class: loads the model once per actor, reconstructs numpy batches."""
+
+    def __init__(self, ckpt_files_ref, sampler: dict, num_samples: int, seed: int, degrade: str | None,
+                 threads: int, fail_once_marker: str | None, model_batch: int = 8):
+        files = ray.get(ckpt_files_ref[0]) if isinstance(ckpt_files_ref, list) else ckpt_files_ref
+        d = tempfile.mkdtemp(prefix="cfgdiff-ckpt-")
+        for name, data in files.items():
+            Path(d, name).write_bytes(data)
+        torch.set_num_threads(threads)
+        self.ckpt = load_checkpoint(d)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = self.ckpt.build_model(self.device)
+        self.schedule = NoiseSchedule.from_config(self.ckpt.config.schedule).to(self.device)
+        self.sampler = SamplerConfig(**{**sampler, "resample": tuple(sampler["resample"]) if sampler["resample"] else None})
+        self.K, self.seed, self.degrade, self.fail = num_samples, seed, degrade, fail_once_marker
+        self.model_batch = model_batch
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.fail and not os.path.exists(self.fail):
+            Path(self.fail).write_text("died once")
+            os._exit(1)  # test hook: the actor dies mid-batch, once
+        mc, norm = self.ckpt.config.model, self.ckpt.normalization
+        cond_raw = np.asarray(batch["condition"], dtype=np.float32)
+        mask = np.asarray(batch["mask"], dtype=np.float32) if "mask" in batch else None
+        cond_n, mask_t, known = prepare_inputs(cond_raw, mask, norm, mc.in_channels)
+        dev = lambda t: t.to(self.device) if t is not None else None
+        x, calls = reconstruct_normalized(self.model, self.schedule, dev(cond_n), dev(mask_t), dev(known),
+                                          batch["index"].tolist(), self.sampler, in_channels=mc.in_channels,
+                                          prediction=mc.prediction, num_samples=self.K, seed=self.seed,
+                                          degrade_spec=self.degrade, model_batch=self.model_batch)
+        samples, mean, std = finalize(x.cpu(), norm, cond_raw, mask_t)
+        out = {"index": batch["index"], "reconstruction": mean if self.K > 1 else samples[:, 0],
+               "model_calls": np.full(len(mean), calls, np.int64)}
+        if self.K > 1:
+            out["std"], out["samples"] = std, samples
+        if "target" in batch:
+            out.update(_row_metrics(torch.from_numpy(out["reconstruction"]), torch.from_numpy(std), batch, norm,
+                                    mask_t, self.K))
+        return out
+
+
+def _row_metrics(rec, std, batch, norm, mask, K) -> dict[str, np.ndarray]:
+    """Per-row metrics in normalised target units (data range 2 for min/max normalisation)."""
+    tgt = norm.target.normalize(torch.tensor(np.asarray(batch["target"]), dtype=torch.float32))
+    rec_n = norm.target.normalize(rec)
+    m = {"psnr": psnr(rec_n, tgt, 2.0), "ssim": ssim(rec_n, tgt, 2.0), "mae_missing": mae_missing(rec_n, tgt, mask),
+         "known_error": known_error(rec, torch.tensor(np.asarray(batch["target"]), dtype=torch.float32), mask)}
+    if K > 1:
+        std_n = std / torch.tensor(norm.target.scale).view(1, -1, 1, 1).float()
+        m["coverage_2std"] = coverage(rec_n, std_n, tgt, mask)
+        m["std_error_corr"] = std_error_correlation(std_n, rec_n, tgt, mask)
+    return {f"metric_{k}": v.numpy() for k, v in m.items()}
+
+
+def _ckpt_files(path: str) -> dict[str, bytes]:
+    """The files an actor needs (not the training state), to ship through the object store."""
+    return {n: (Path(path) / n).read_bytes() for n in (CONFIG, WEIGHTS)}
+
+
+def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Reconstruct every row of the input; returns a summary with metrics when targets are known."""
+    ckpt = load_checkpoint(job.checkpoint)
+    out = Path(job.out)
+    tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-infer-", dir=out.parent if out.parent.exists() else None))
+    try:
+        meta = _prepare_input(job, tmp)
+        validate(job, meta, ckpt)
+        return _run(job, ckpt, meta, tmp, progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
+    dirs = _split_dirs(meta, job.split)
+    index = np.sort(np.concatenate([pq.read_table(f, columns=["index"]).column("index").to_numpy()
+                                    for d in dirs for f in sorted(d.glob("*.parquet"))]))
+    N = len(index)
+    C, (H, W), K = ckpt.config.model.in_channels, ckpt.config.model.image_size, job.num_samples
+    ds = ray.data.read_parquet([str(d) for d in dirs]) if len(dirs) > 1 else ray.data.read_parquet(str(dirs[0]))
+    ds = ds.repartition(target_num_rows_per_block=max(job.batch_size, -(-N // (4 * job.actors))))
+    ref = ray.put(_ckpt_files(job.checkpoint))
+    sampler = dict(job.sampler.__dict__)
+    ds = ds.map_batches(
+        Inpainter, fn_constructor_kwargs=dict(ckpt_files_ref=[ref], sampler=sampler, num_samples=K, seed=job.seed,
+                                              degrade=meta.doc.get("degrade"), threads=job.threads_per_actor,
+                                              fail_once_marker=job.fail_once_marker, model_batch=job.model_batch),
+        batch_size=job.batch_size, compute=ray.data.ActorPoolStrategy(size=job.actors),
+        num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None, max_restarts=3, max_task_retries=3)
+    rec = np.lib.format.open_memmap(tmp / "rec.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W))
+    std = np.lib.format.open_memmap(tmp / "std.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W)) if K > 1 else None
+    smp = np.lib.format.open_memmap(tmp / "smp.npy", mode="w+", dtype=np.float32, shape=(N, K, C, H, W)) if K > 1 else None
+    seen = np.zeros(N, np.int64)
+    metric_sums: dict[str, float] = {}
+    metric_counts: dict[str, int] = {}
+    calls, t0, done = 0, time.time(), 0
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        pos = np.searchsorted(index, b["index"])
+        rec[pos] = b["reconstruction"]
+        if K > 1:
+            std[pos], smp[pos] = b["std"], b["samples"]
+        np.add.at(seen, pos, 1)
+        calls = int(b["model_calls"][0])
+        for k, v in b.items():
+            if k.startswith("metric_"):
+                ok = np.isfinite(v)
+                metric_sums[k[7:]] = metric_sums.get(k[7:], 0.0) + float(v[ok].sum())
+                metric_counts[k[7:]] = metric_counts.get(k[7:], 0) + int(ok.sum())
+        done += len(pos)
+        if progress:
+            progress(done, N)
+    seconds = time.time() - t0
+    if not np.all(seen == 1):
+        raise RuntimeError(f"exactly-once violated: {int((seen == 0).sum())} rows missing, "
+                           f"{int((seen > 1).sum())} duplicated")
+    metrics = {k: metric_sums[k] / max(metric_counts[k], 1) for k in metric_sums}
+    _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics)
+    return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "model_calls_per_image": calls,
+            "metrics": metrics, "outputs": [str(p) for p in _outputs(job) if p.exists()]}
+
+
+def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics) -> None:
+    import json
+
+    out = Path(job.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rec.flush()
+    if out.suffix == ".npy":
+        os.replace(tmp / "rec.npy", out)
+        if std is not None:
+            std.flush()
+            smp.flush()
+            os.replace(tmp / "std.npy", _side(out, ".std.npy"))
+            os.replace(tmp / "smp.npy", _side(out, ".samples.npy"))
+    else:
+        part = tmp / "out.parquet"
+        with pq.ParquetWriter(part, _schema(rec, std, smp), compression="zstd") as w:
+            for a in range(0, len(index), 1024):
+                cols = {"index": pa.array(index[a:a + 1024]),
+                        "reconstruction": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(rec[a:a + 1024]))}
+                if std is not None:
+                    cols["std"] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(std[a:a + 1024]))
+                    cols["samples"] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(smp[a:a + 1024]))
+                w.write_table(pa.table(cols))
+        os.replace(part, out)
+    _grid(job, index, rec, std, dirs, _side(out, ".grid.png"))
+    doc = {"rows": len(index), "num_samples": job.num_samples, "sampler": job.sampler.__dict__, "metrics": metrics,
+           "units": "metrics in normalised target units (min/max data range 2); known_error in user units"}
+    tmp_json = tmp / "metrics.json"
+    tmp_json.write_text(json.dumps(doc, indent=2, default=list))
+    os.replace(tmp_json, _side(out, ".metrics.json"))
+
+
+def _schema(rec, std, smp) -> pa.Schema:
+    f = [pa.field("index", pa.int64()), pa.field("reconstruction", pa.fixed_shape_tensor(pa.float32(), rec.shape[1:]))]
+    if std is not None:
+        f += [pa.field("std", pa.fixed_shape_tensor(pa.float32(), std.shape[1:])),
+              pa.field("samples", pa.fixed_shape_tensor(pa.float32(), smp.shape[1:]))]
+    return pa.schema(f)
+
+
+def _grid(job, index, rec, std, dirs, path: Path) -> None:
+    """condition | mask | reconstruction | std | target (when known) for the first rows."""
+    raw = read_split(dirs[0], limit=job.grid_rows)
+    n = len(raw["index"])
+    order = np.searchsorted(index, raw["index"])  # slots of these rows in the output
+    rows, masks = [], []
+    for i in range(n):
+        j = order[i]
+        cond = np.nan_to_num(raw["condition"][i].astype(np.float32), nan=0.0)
+        mask = raw["mask"][i] if "mask" in raw else np.ones_like(cond[:1])
+        row = [cond, mask, rec[j], std[j] if std is not None else np.zeros_like(rec[j])]
+        if "target" in raw:
+            row.append(raw["target"][i])
+        rows.append(row)
+        masks.append([mask] + [None] * (len(row) - 1))
+    lo, hi = float(np.nanmin(rec[order])), float(np.nanmax(rec[order]))
+    ranges = [(lo, hi), (0, 1), (lo, hi), (0, max(float(std[order].max()), 1e-6) if std is not None else 1)]
+    ranges += [(lo, hi)] if "target" in raw else []
+    write_png(path, image_grid(rows, scale=4, ranges=ranges, masks=masks))

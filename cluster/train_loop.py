@@ -1,0 +1,213 @@
+"""The per-worker training loop that Ray Train runs. Ray appears only at the marked points
+(context, device, model preparation, dataset shards, checkpoints and reports); every step is
+``cfgdiff.engine.train_step``, the same function a single-process run calls.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from cfgdiff.checkpoint import load_training_state, write_checkpoint_files
+from cfgdiff.config import ExperimentConfig, SamplerConfig
+from cfgdiff.data import decode_batch
+from cfgdiff.degrade import degrade
+from cfgdiff.engine import EMA, _unwrap, eval_loss, make_lr_scheduler, make_optimizer, reconstruct_and_score
+from cfgdiff.engine import train_step as core_train_step
+from cfgdiff.normalize import Normalization
+from cfgdiff.schedule import NoiseSchedule
+from cfgdiff.unet import ConditionalUNet
+
+from .tb import TBWriter
+
+
+def _step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:
+    """Noise for step s on rank r comes from seed (seed, r, s): resume replays it exactly."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + rank * 7919 + step) % 2**63)
+
+
+def _with_condition(b: dict, spec: str, seed: int, epoch: int) -> dict:
+    """Targets-only data: a fresh degradation every epoch (seeded by seed, epoch and row index)."""
+    if "cond" not in b:
+        cond, mask = degrade(b["x0"], spec, seed=seed + 7 * epoch + 1, index=b["index"].tolist())
+        b["cond"], b["mask"] = cond.to(b["x0"].device), mask.to(b["x0"].device)
+    return b
+
+
+def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1 and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= world
+    return x
+
+
+class _Saver:
+    """Rank 0 writes full checkpoint directories (config, EMA safetensors, training state)."""
+
+    def __init__(self, cfg: ExperimentConfig, norm: Normalization, meta: dict):
+        self.cfg, self.norm, self.meta = cfg, norm, meta
+
+    def write(self, directory: str, model, ema: EMA, opt, sched, step: int, epoch: int, extra: dict) -> None:
+        state = {"model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+                 "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "step": step, "epoch": epoch, "torch_rng": torch.get_rng_state(), "extra": extra}
+        write_checkpoint_files(directory, ema.shadow, self.cfg, self.norm, {**self.meta, "step": step}, state)
+
+
+def train_loop_per_worker(lc: dict) -> dict:
+    cfg = ExperimentConfig.from_dict(lc["config"])
+    tc = cfg.train
+    norm = Normalization.from_dict(lc["normalization"])
+    ctx = ray.train.get_context()  # --- Ray: who am I
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(lc.get("threads", 1))
+    torch.manual_seed(tc.seed + rank)
+
+    model = ConditionalUNet(cfg.model).to(device)
+    ema = EMA(model, tc.ema_decay)
+    opt = make_optimizer(model, tc)
+    sched = make_lr_scheduler(opt, tc)
+    step, epoch, best = 0, 0, {"score": -float("inf")}
+    ckpt = ray.train.get_checkpoint()  # --- Ray: set after a failure or on --resume
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            st = load_training_state(d)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        step, epoch = int(st["step"]), int(st["epoch"])
+        best = st["extra"].get("best", best)
+        torch.set_rng_state(st["torch_rng"])
+    elif rank == 0 and lc.get("fit_log"):
+        with open(lc["fit_log"], "a") as f:  # one line per from-scratch fit (tests count them)
+            f.write(f"{time.time()}\n")
+    model = ray.train.torch.prepare_model(model)  # --- Ray: device + DDP when world > 1
+    if tc.compile:
+        model = torch.compile(model)
+    schedule = NoiseSchedule.from_config(cfg.schedule).to(device)
+    saver = _Saver(cfg, norm, lc.get("meta", {}))
+    tb = TBWriter(lc["tb_dir"] if rank == 0 else None, purge_step=step or None)
+    vis = {k: torch.tensor(np.array(v)).to(device) for k, v in lc["vis"].items()}
+    train_shard = ray.train.get_dataset_shard("train")  # --- Ray: this rank's shard
+    val_shard = ray.train.get_dataset_shard("val")
+    per_worker = tc.batch_size // world
+    eval_ws = lc.get("eval_ws") or [cfg.sampler.w]
+    t_start, img_seen, t_last, last_metrics, step0 = time.time(), 0, time.time(), {}, step
+    max_steps = tc.max_steps
+
+    def report(metrics: dict, tag: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = None
+            if rank == 0:
+                saver.write(tmp, model, ema, opt, sched, step, epoch, {"best": best})
+                ck = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=tag)  # --- Ray: all ranks
+
+    while step < max_steps:
+        for raw in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
+                                            local_shuffle_buffer_size=max(4 * per_worker, 256),
+                                            local_shuffle_seed=tc.seed + epoch):
+            b = _with_condition(decode_batch(raw, norm, device), tc.degrade, tc.seed, epoch)
+            out = core_train_step(model, opt, sched, schedule, b["x0"], b["cond"], b["mask"], cfg,
+                                  generator=_step_generator(device, tc.seed, rank, step),
+                                  micro_batch_size=tc.micro_batch_size)
+            ema.update(model)
+            step += 1
+            img_seen += b["x0"].shape[0] * world
+            if lc.get("fail_at_step") == step and rank == world - 1 and not os.path.exists(lc["fail_marker"]):
+                Path(lc["fail_marker"]).write_text(str(step))
+                os._exit(1)  # fault injection for tests: this worker dies once
+            if step % tc.log_every == 0 or step == max_steps:
+                loss = float(_all_mean(out["loss"], world))
+                now = time.time()
+                ips = img_seen / max(now - t_last, 1e-9)
+                t_last, img_seen = now, 0
+                last_metrics = {"loss": loss, "lr": opt.param_groups[0]["lr"],
+                                "grad_norm": float(out["grad_norm"]), "images_per_s": ips}
+                if rank == 0:
+                    eta = (max_steps - step) * (now - t_start) / max(step - step0, 1)
+                    print(f"[cfgdiff] step {step}/{max_steps}  loss {loss:.4f}  {ips:.1f} img/s  "
+                          f"lr {last_metrics['lr']:.2e}  ETA {eta / 60:.1f} min", flush=True)
+                    tb.scalars(last_metrics, step, "train/")
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < max_steps \
+                    and not lc.get("report_epochs_only"):
+                report({"step": step, "epoch": epoch, **last_metrics}, f"step_{step:07d}")
+            if step >= max_steps:
+                break
+        epoch += 1
+        metrics = _validate(model, ema, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank,
+                            device, tb, step, epoch)
+        score = metrics.get("psnr", -float("inf"))
+        if score > best["score"]:
+            best = {"score": score, "step": step}
+            if rank == 0 and lc.get("best_dir"):
+                _export(lc["best_dir"], saver, model, ema, opt, sched, step, epoch, best)
+        report({"step": step, "epoch": epoch, **last_metrics, **metrics}, f"step_{step:07d}")
+    if rank == 0 and lc.get("export_dir"):
+        _export(lc["export_dir"], saver, model, ema, opt, sched, step, epoch, best)
+    tb.hparams({"p_uncond": tc.p_uncond, "w": cfg.sampler.w, "lr": tc.lr, "batch_size": tc.batch_size,
+                "dim": cfg.model.dim}, {k: v for k, v in last_metrics.items() if k == "loss"})
+    tb.close()
+    return {"step": step, "epoch": epoch, "seconds": time.time() - t_start, "best": best,
+            "export_dir": lc.get("export_dir"), "final": last_metrics}
+
+
+def _export(path: str, saver: _Saver, model, ema, opt, sched, step, epoch, best) -> None:
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(path) or ".")
+    saver.write(tmp, model, ema, opt, sched, step, epoch, {"best": best})
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _validate(model, ema: EMA, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank, device, tb,
+              step, epoch) -> dict:
+    """Held-out eps loss (all ranks, all-reduced), and on rank 0 the reconstruction metrics of the EMA
+    model on the fixed validation batch for every w in ``eval_ws`` (only rank 0's report is kept)."""
+    tc = cfg.train
+    losses = []
+    for i, raw in enumerate(val_shard.iter_batches(batch_size=per_worker, batch_format="numpy")):
+        if i >= tc.val_batches:
+            continue  # drain the shard: all ranks must consume it together (RAY_NOTES §0.4)
+        b = _with_condition(decode_batch(raw, norm, device), tc.degrade, tc.seed, 0)
+        losses.append(eval_loss(model, schedule, b["x0"], b["cond"], b["mask"], cfg))
+    val_loss = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=device)
+    metrics = {"val_loss": float(_all_mean(val_loss.to(device), world))}
+    if rank != 0:
+        return metrics
+    ema_model = ConditionalUNet(cfg.model).to(device)
+    ema_model.load_state_dict(ema.shadow)
+    base = SamplerConfig(method="ddim", steps=tc.val_steps, eta=0.0, w=cfg.sampler.w, clip_x0=cfg.sampler.clip_x0)
+    curve = {}
+    for w in eval_ws:
+        s = SamplerConfig(**{**base.__dict__, "w": float(w)})
+        x, m = reconstruct_and_score(ema_model, schedule, vis["x0"], vis["cond"], vis["mask"], cfg, s, seed=0)
+        curve[float(w)] = m
+        if float(w) == float(cfg.sampler.w) or len(eval_ws) == 1:
+            tb.grid("val/cond|mask|sample|target|error", vis["cond"], vis["mask"], x, vis["x0"], step)
+    best_w = max(curve, key=lambda w: curve[w]["psnr"])
+    sel = curve[float(cfg.sampler.w)] if float(cfg.sampler.w) in curve else curve[best_w]
+    metrics.update({k: sel[k] for k in ("psnr", "ssim", "mae_missing", "known_error")})
+    if len(eval_ws) > 1:
+        metrics.update({f"psnr_w{w:g}": v["psnr"] for w, v in curve.items()})
+        metrics.update({f"ssim_w{w:g}": v["ssim"] for w, v in curve.items()})
+        metrics.update({f"mae_missing_w{w:g}": v["mae_missing"] for w, v in curve.items()})
+        metrics.update({"best_w": best_w, "best_psnr": curve[best_w]["psnr"], "best_ssim": curve[best_w]["ssim"],
+                        "best_mae_missing": curve[best_w]["mae_missing"]})
+    tb.scalars(metrics, step, "val/")
+    print(f"[cfgdiff] epoch {epoch} step {step}  val_loss {metrics['val_loss']:.4f}  "
+          f"psnr {metrics['psnr']:.2f} dB  ssim {metrics['ssim']:.3f}  (w={cfg.sampler.w:g})", flush=True)
+    return metrics
