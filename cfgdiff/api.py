@@ -51,7 +51,7 @@ def prepare_inputs(cond_raw: np.ndarray, mask: np.ndarray | None, norm: Normaliz
         if bool(mask_t.all()):
             mask_t = torch.zeros_like(mask_t)  # a dense condition: nothing is known exactly
     else:
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float()
+        mask_t = torch.tensor(np.asarray(mask, dtype=np.float32))
         if not bool(((mask_t == 0) | (mask_t == 1)).all()):
             raise InputError("mask must be binary (1 = known, 0 = missing)")
         if bool((torch.isnan(cond_t) & mask_t.bool()).any()):
@@ -116,7 +116,7 @@ def finalize(samples_n: torch.Tensor, norm: Normalization, cond_raw: np.ndarray,
     x = norm.target.denormalize(samples_n.reshape(N * K, C, H, W)).view(N, K, C, H, W)
     if cond_raw.shape[1] == C:
         keep = mask.bool().unsqueeze(1).expand(N, K, C, H, W)
-        obs = torch.from_numpy(np.ascontiguousarray(cond_raw)).float().unsqueeze(1).expand_as(x)
+        obs = torch.tensor(np.asarray(cond_raw, dtype=np.float32)).unsqueeze(1).expand_as(x)
         x = torch.where(keep, obs, x)
     mean = x.mean(1)
     std = x.std(1, unbiased=True) if K > 1 else torch.zeros_like(mean)

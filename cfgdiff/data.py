@@ -205,7 +205,7 @@ def decode_batch(batch: dict[str, np.ndarray], norm: Normalization, device: str 
 
     Normalises with the dataset's statistics; unknown (NaN) condition values become 0.
     """
-    out = {"index": torch.as_tensor(np.asarray(batch["index"], dtype=np.int64))}
+    out = {"index": torch.tensor(np.asarray(batch["index"], dtype=np.int64))}
     if "target" in batch:
         out["x0"] = norm.target.normalize(torch.tensor(np.asarray(batch["target"]), dtype=torch.float32)).to(device)
     if "condition" in batch:

@@ -78,3 +78,32 @@ def kriging(x: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: float = 0.0
         post_mean[:] = mean
         post_std[:] = np.sqrt(np.diag(cov))
     return post_mean.reshape(x.shape), post_std.reshape(x.shape)
+
+
+DEMO_META = "demo.json"
+
+
+def write_demo(out, kind: str = "grf", n: int = 2048, size: int = 32, seed: int = 0, alpha: float = 4.0,
+               k0: float = 1.0) -> dict:
+    """Write ``out/target.npy`` and ``out/demo.json`` (kind and the parameters of the exact covariance)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from .errors import InputError
+
+    if kind not in ("grf", "shapes"):
+        raise InputError(f"--kind must be grf or shapes, got {kind!r}")
+    if n < 2 or size < 4:
+        raise InputError(f"--n must be >= 2 and --size >= 4, got n={n}, size={size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    x = gaussian_random_fields(n, size, size, alpha, k0, seed) if kind == "grf" else smooth_shapes(n, size, size, seed)
+    tmp = out / "target.tmp.npy"
+    np.save(tmp, x)
+    os.replace(tmp, out / "target.npy")
+    meta = {"kind": kind, "n": n, "size": size, "seed": seed}
+    if kind == "grf":
+        meta.update(alpha=alpha, k0=k0, mean=0.0, note="covariance = cfgdiff.demo.grf_covariance(size, size, alpha, k0)")
+    (out / DEMO_META).write_text(json.dumps(meta, indent=2))
+    return {"target": str(out / "target.npy"), **meta}

@@ -32,7 +32,7 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> Path:
 def _viridis_like(v: np.ndarray) -> np.ndarray:
     """Map [0, 1] to a perceptually ordered blue-green-yellow ramp, (..., 3) uint8."""
     stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)
-    x = np.clip(v, 0, 1) * (len(stops) - 1)
+    x = np.clip(np.nan_to_num(v, nan=0.0), 0, 1) * (len(stops) - 1)
     i = np.minimum(x.astype(int), len(stops) - 2)
     f = (x - i)[..., None]
     return (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)

@@ -86,7 +86,10 @@ def _prepare_input(job: InferJob, tmp: Path) -> DatasetMeta:
             convert(None, tmp / "in", opts)
         else:
             convert(job.input, tmp / "in", opts)
-        return DatasetMeta.load(tmp / "in")
+        meta = DatasetMeta.load(tmp / "in")
+        if meta.doc["mask_source"] == "none":
+            raise InputError(f"--input {src}: no mask; pass --mask M (1 = known) or mark missing pixels as NaN")
+        return meta
     raise InputError(f"--input {src}: expected a cfgdiff dataset directory, a .npy/.npz file or a .npy directory")
 
 
@@ -208,7 +211,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
                                               degrade=meta.doc.get("degrade"), threads=job.threads_per_actor,
                                               fail_once_marker=job.fail_once_marker, model_batch=job.model_batch),
         batch_size=job.batch_size, compute=ray.data.ActorPoolStrategy(size=job.actors),
-        num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None, max_restarts=3, max_task_retries=3)
+        num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None)  # Ray Data restarts dead actors and retries
     rec = np.lib.format.open_memmap(tmp / "rec.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W))
     std = np.lib.format.open_memmap(tmp / "std.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W)) if K > 1 else None
     smp = np.lib.format.open_memmap(tmp / "smp.npy", mode="w+", dtype=np.float32, shape=(N, K, C, H, W)) if K > 1 else None

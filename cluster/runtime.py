@@ -23,6 +23,7 @@ _ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
 }
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
@@ -36,6 +37,7 @@ class RayInfo:
     embedded: bool  # True when this process started the cluster
     num_cpus: float
     num_gpus: float
+    connected_here: bool = True  # False when Ray was already initialised by the caller
 
 
 def default_num_cpus() -> int:
@@ -49,18 +51,25 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     ``address="local"`` always starts a fresh local cluster (tests). A ``None`` address falls back
     to ``RAY_ADDRESS`` and then to a fresh embedded cluster.
     """
-    if ray.is_initialized():
+    if ray.is_initialized():  # already connected (a notebook, a test session, a pipeline stage)
         r = ray.cluster_resources()
-        return RayInfo(ray.get_runtime_context().gcs_address, False, r.get("CPU", 0), r.get("GPU", 0))
+        return RayInfo(ray.get_runtime_context().gcs_address, False, r.get("CPU", 0), r.get("GPU", 0), False)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True,
                   configure_logging=True)
+    if quiet:  # workers and actors log errors only; cfgdiff's own progress lines are prints
+        kwargs["logging_config"] = ray.LoggingConfig(log_level="ERROR")
     embedded = address == "local"
     if embedded:
         kwargs.update(num_cpus=num_cpus or default_num_cpus(), include_dashboard=True,
-                      dashboard_host="127.0.0.1", object_store_memory=512 * 2**20,
-                      _node_ip_address="127.0.0.1")
+                      dashboard_host="127.0.0.1", object_store_memory=512 * 2**20)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only embedded cluster
+        # Bind every Ray service of the embedded cluster to 127.0.0.1: Ray resolves "127.0.0.1" to the
+        # host's routable IP unless multi-node support is off (what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+        # does at import time), so turn it off for this single-node cluster only.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ray.init(address=address, **kwargs)
@@ -69,17 +78,29 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     return RayInfo(ray.get_runtime_context().gcs_address, embedded, r.get("CPU", 0), r.get("GPU", 0))
 
 
+def quiet_ray_logs() -> None:
+    """Turn down Ray Data / Train / Tune chatter in this process (driver, trial or worker)."""
+    _quiet_ray_data()
+
+
 def _quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = False
     ctx.enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")  # consume the one-time "progress bars disabled" notice
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # Train V2 names this logger by file path; it logs every report at INFO
+    from ray.train.v2._internal.execution import context as _train_ctx
+
+    logging.getLogger(_train_ctx.__file__).setLevel(logging.WARNING)
 
 
-def stop_ray() -> None:
-    if ray.is_initialized():
+def stop_ray(info: RayInfo | None = None) -> None:
+    """Disconnect (and stop an embedded cluster) unless Ray was already up before ``start_ray``."""
+    if ray.is_initialized() and (info is None or info.connected_here):
         ray.shutdown()
 
 

@@ -145,11 +145,21 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
     )
 
 
+def load_run_config(storage: str, name: str) -> ExperimentConfig:
+    """The resolved config a run started with (``RUN/config.json``), for ``--resume``."""
+    f = Path(storage) / name / "config.json"
+    if not f.is_file():
+        raise InputError(f"--resume {name}: no run at {f.parent} (expected {f.name}); check --storage")
+    return ExperimentConfig.from_json(f.read_text())
+
+
 def run_training(job: TrainJob) -> dict:
     """Validate, train, and return a summary (steps, seconds, final metrics, export path)."""
     meta = DatasetMeta.load(job.data_dir)
     cfg = validate_job(job, meta)
     trainer = build_trainer(job, cfg, meta)
+    if "://" not in job.storage:
+        (Path(run_paths(job)["run"]) / "config.json").write_text(cfg.to_json())
     result = trainer.fit()
     summary = dict(result.return_value or {})
     summary["run_dir"] = run_paths(job)["run"]

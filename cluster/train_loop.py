@@ -27,6 +27,7 @@ from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.unet import ConditionalUNet
 
+from .runtime import quiet_ray_logs
 from .tb import TBWriter
 
 
@@ -65,6 +66,7 @@ class _Saver:
 
 
 def train_loop_per_worker(lc: dict) -> dict:
+    quiet_ray_logs()
     cfg = ExperimentConfig.from_dict(lc["config"])
     tc = cfg.train
     norm = Normalization.from_dict(lc["normalization"])

@@ -14,6 +14,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # tests bind Ray to loopback only
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -25,8 +26,9 @@ def ray_session():
     from cluster.runtime import start_ray, stop_ray
 
     info = start_ray(address="local", num_cpus=RAY_CPUS, quiet=True)
+    assert info.address.startswith("127.0.0.1:"), info.address
     yield info
-    stop_ray()
+    stop_ray(info)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,99 @@
+"""``cfgdiff infer``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cfgdiff.checkpoint import load_checkpoint
+from cfgdiff.config import SamplerConfig
+from cfgdiff.errors import InputError
+
+from .common import Progress, fmt_metrics, ray_options
+
+
+def parse_resample(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        j, r = (int(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"--resample {value!r}: expected J,R such as 10,3") from None
+    return (j, r)
+
+
+@click.command("infer")
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--input", "input_", required=True, help="cfgdiff dataset dir, or .npy/.npz conditions (NaN = missing) "
+              "or clean targets with --degrade.")
+@click.option("--out", required=True, help="OUT.npy or OUT.parquet; OUT.metrics.json, OUT.grid.png (and with "
+              "--num-samples > 1 OUT.std.npy, OUT.samples.npy) are written beside it.")
+@click.option("--mask", help="Mask array (1 = known) for .npy/.npz conditions.")
+@click.option("--degrade", metavar="SPEC", help="Degrade clean targets (benchmarking), e.g. drop:0.8 or sr:2.")
+@click.option("--split", type=click.Choice(["train", "val", "all"]), default="val", show_default=True,
+              help="Split of a dataset directory to reconstruct.")
+@ray_options
+@click.option("--actors", type=int, default=1, show_default=True, help="Parallel inference actors.")
+@click.option("--gpus-per-actor", type=float, default=0.0, show_default=True)
+@click.option("--threads-per-actor", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Rows per actor batch.")
+@click.option("--model-batch", type=int, default=8, show_default=True,
+              help="Rows per network call; fixed so CPU output is bit-identical for any batch size (0 = whole batch).")
+@click.option("--method", type=click.Choice(["ddim", "ddpm"]), default=None, help="Sampler (default: checkpoint's).")
+@click.option("--steps", type=int, default=None, help="Denoising steps (default: checkpoint's).")
+@click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
+@click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")
+@click.option("--resample", default=None, metavar="J,R", help="RePaint jump length and resamplings.")
+@click.option("--num-samples", type=int, default=1, show_default=True, help="K samples per row (mean and std maps).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--from-tune", type=click.Path(), help="Use best.json of a `cfgdiff tune` directory (checkpoint, w).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.pass_context
+def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, actors, gpus_per_actor,
+              threads_per_actor, batch_size, model_batch, method, steps, eta, w, resample, num_samples, seed,
+              from_tune, overwrite):
+    """Reconstruct a batch of observations in parallel on Ray actors (CHECKPOINT or --from-tune)."""
+    from cluster.infer import InferJob, run_inference
+    from cluster.runtime import start_ray, stop_ray
+
+    if from_tune:
+        best_file = Path(from_tune) / "best.json"
+        if not best_file.is_file():
+            raise InputError(f"--from-tune {from_tune}: no best.json (run `cfgdiff tune` first)")
+        best = json.loads(best_file.read_text())
+        checkpoint = checkpoint or best["checkpoint"]
+        w = best["w"] if w is None else w
+    if not checkpoint:
+        raise InputError("give a CHECKPOINT directory or --from-tune DIR")
+    ck = load_checkpoint(checkpoint)
+    s = ck.config.sampler
+    try:
+        sampler = SamplerConfig(method=method or s.method, steps=steps or s.steps, eta=s.eta if eta is None else eta,
+                                w=s.w if w is None else w, resample=parse_resample(resample) or s.resample,
+                                clip_x0=s.clip_x0)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if sampler.steps > ck.config.schedule.num_timesteps:
+        raise InputError(f"--steps {sampler.steps} exceeds the schedule's T={ck.config.schedule.num_timesteps}")
+    job = InferJob(checkpoint=checkpoint, input=input_, out=out, mask=mask, degrade=degrade, split=split,
+                   actors=actors, gpus_per_actor=gpus_per_actor, threads_per_actor=threads_per_actor,
+                   batch_size=batch_size, model_batch=model_batch, sampler=sampler, num_samples=num_samples,
+                   seed=seed, overwrite=overwrite)
+    info = start_ray(ray_address, num_cpus)
+    bar = Progress("reconstruct", ctx.obj.get("verbose") is not False)
+    try:
+        r = run_inference(job, progress=bar)
+    finally:
+        bar.close()
+        stop_ray(info)
+    click.echo(f"{r['rows']} rows in {r['seconds']:.1f} s = {r['images_per_s']:.2f} images/s on "
+               f"{actors} actor(s) ({'embedded Ray' if info.embedded else info.address}); "
+               f"{r['model_calls_per_image']} model calls per image")
+    if r["metrics"]:
+        click.echo("metrics: " + fmt_metrics(r["metrics"]))
+    click.echo("outputs: " + ", ".join(r["outputs"]))
+
+
+COMMANDS = [infer_cmd]

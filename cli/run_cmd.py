@@ -1,0 +1,25 @@
+"""``cfgdiff demo``: the end-to-end job behind `make run`."""
+
+from __future__ import annotations
+
+import click
+
+from .common import ray_options
+
+
+@click.command("demo")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for data, runs, reconstructions and PNGs.")
+@click.option("--quick", is_flag=True, help="A much smaller run (about a minute) for smoke tests.")
+@click.option("--skip-tune", is_flag=True, help="Skip the Ray Tune stage.")
+@ray_options
+def demo_cmd(out, quick, skip_tune, ray_address, num_cpus):
+    """Run the whole job on offline demo data: generate, convert, train (Ray Train), tune p and w
+    (Ray Tune), reconstruct on Ray actors, compare with mean-fill and the Bayes optimum, write PNGs."""
+    from cluster.pipeline import DemoPlan, run_demo
+
+    run_demo(DemoPlan.quick(out) if quick else DemoPlan.default(out), address=ray_address, num_cpus=num_cpus,
+             skip_tune=skip_tune, echo=click.echo)
+
+
+COMMANDS = [demo_cmd]

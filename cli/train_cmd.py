@@ -1,0 +1,91 @@
+"""``cfgdiff train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cfgdiff.config import ExperimentConfig
+from cfgdiff.data import DatasetMeta
+from cfgdiff.errors import InputError
+
+from .common import fmt_metrics, ray_options
+
+
+def load_base_config(config_file: str | None) -> ExperimentConfig:
+    if not config_file:
+        return ExperimentConfig()
+    try:
+        return ExperimentConfig.from_dict(json.loads(Path(config_file).read_text()))
+    except FileNotFoundError:
+        raise InputError(f"--config {config_file}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"--config {config_file}: invalid JSON ({e})") from None
+    except ValueError as e:
+        raise InputError(f"--config {config_file}: {e}") from None
+
+
+@click.command("train")
+@click.option("--data", required=True, type=click.Path(), help="Dataset directory from `cfgdiff convert`.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers (DDP).")
+@click.option("--gpu", is_flag=True, help="One GPU per worker (NCCL); CPU workers use gloo.")
+@ray_options
+@click.option("--storage", default="runs", show_default=True,
+              help="Run storage: local path, NFS mount, or s3:// / gs:// URI (shared storage for multi-node).")
+@click.option("--name", default="cfgdiff-run", show_default=True, help="Run name (a directory under --storage).")
+@click.option("--config", "config_file", type=click.Path(), help="Experiment config JSON (strict keys).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override, e.g. --set model.dim=64 (repeatable).")
+@click.option("--epochs", type=int, default=None, help="Train for N passes over the data (overrides train.max_steps).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (train.max_steps).")
+@click.option("--resume", default=None, metavar="RUN", help="Continue run RUN (under --storage) from its last checkpoint.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="bf16 autocast (CPU AMX or GPU).")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
+@click.option("--threads-per-worker", type=int, default=1, show_default=True, help="torch threads per worker.")
+@click.option("--max-failures", type=int, default=2, show_default=True, help="Automatic restarts from the last checkpoint.")
+@click.pass_context
+def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, config_file, sets, epochs, steps,
+              resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures):
+    """Train the conditional diffusion model with Ray Train (TorchTrainer, DDP).
+
+    Without --ray-address an embedded local Ray starts in-process. Checkpoints are reported every
+    train.checkpoint_every steps and at every epoch end; the final EMA model is exported to
+    STORAGE/NAME/export, the best-by-validation model to STORAGE/NAME/best.
+    """
+    from cluster.runtime import start_ray, stop_ray
+    from cluster.train import TrainJob, config_for_data, load_run_config, run_paths, run_training
+
+    meta = DatasetMeta.load(data)
+    if epochs is not None and steps is not None:
+        raise InputError("pass --epochs or --steps, not both")
+    extra = list(sets)
+    extra += [f"train.max_steps={steps}"] if steps is not None else []
+    extra += [f"train.precision={precision}"] if precision else []
+    extra += ["train.compile=true"] if compile_ else []
+    if resume:
+        name = resume
+        base = load_run_config(storage, name)
+    else:
+        base = load_base_config(config_file)
+        if (Path(storage) / name / "config.json").exists():
+            raise InputError(f"--name {name}: a run already exists under {storage}; use --resume {name} or a new --name")
+    cfg = config_for_data(meta, base, extra)
+    info = start_ray(ray_address, num_cpus)
+    try:
+        job = TrainJob(data_dir=data, config=cfg, run_name=name, storage=storage, workers=workers, use_gpu=gpu,
+                       cpus_per_worker=cpus_per_worker, threads_per_worker=threads_per_worker,
+                       max_failures=max_failures, epochs=epochs)
+        paths = run_paths(job)
+        click.echo(f"Ray: {'embedded local' if info.embedded else 'cluster ' + info.address} "
+                   f"({info.num_cpus:g} CPUs, {info.num_gpus:g} GPUs); {workers} worker(s)")
+        click.echo(f"monitor: tensorboard --logdir {paths['tb']}")
+        s = run_training(job)
+    finally:
+        stop_ray(info)
+    click.echo(f"done: {s.get('step')} steps in {s.get('seconds', 0):.0f} s; {fmt_metrics(s['metrics'])}")
+    click.echo(f"export: {s.get('export_dir')}  (cfgdiff infer {s.get('export_dir')} --input ... --out ...)")
+
+
+COMMANDS = [train_cmd]

@@ -1,0 +1,152 @@
+"""``cfgdiff tune``: Ray Tune over the condition-dropout probability p, with the guidance weight w
+swept inside each trial.
+
+p is a training-time parameter and w a sampling-time one, so each trial trains once with its p
+(the same TorchTrainer loop as ``cfgdiff train``, driven from a Tune function trainable with
+``TuneReportCallback``; RAY_NOTES §4) and scores every w of the grid on the fixed validation batch
+at each epoch. The trial's metric is the best over w; the whole metric(w) curve is reported too.
+ASHA stops weak trials after their first epochs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from cfgdiff.config import ExperimentConfig
+from cfgdiff.errors import InputError
+
+from .plots import line_chart
+from .runtime import quiet_ray_logs
+from .train import TrainJob, run_training
+
+METRICS = {"psnr": "max", "ssim": "max", "mae_missing": "min"}
+
+
+@dataclass
+class TuneJob:
+    data_dir: str  # cfgdiff dataset
+    config: ExperimentConfig  # base config matched to the data (p is overwritten per trial)
+    out_dir: str = "runs/tune"  # tune directory (table, best.json, plot, trial runs)
+    name: str = "cfgdiff-tune"  # Tune experiment name
+    num_samples: int = 3  # trials drawn from p_range (ignored with p_grid: one trial per value)
+    p_range: tuple[float, float] = (0.05, 0.3)  # uniform search range for p
+    p_grid: tuple[float, ...] | None = None  # explicit p values instead of a range
+    w_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)  # guidance weights scored per trial
+    metric: str = "psnr"  # psnr, ssim or mae_missing
+    epochs: int = 2  # epochs per trial (ASHA max_t)
+    workers_per_trial: int = 1  # Train workers per trial
+    use_gpu: bool = False  # one GPU per worker
+    max_concurrent: int = 1  # trials at once
+    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
+    resume: bool = False  # continue an interrupted search in out_dir/name
+    seed: int = 0  # search seed
+
+
+def validate_tune(job: TuneJob) -> None:
+    if job.metric not in METRICS:
+        raise InputError(f"--metric {job.metric!r}: expected one of {', '.join(METRICS)}")
+    if not job.w_grid:
+        raise InputError("--w-grid is empty; give guidance weights such as 0,1,2,3")
+    if any(not (w == w and abs(w) < 1e6) for w in job.w_grid):
+        raise InputError(f"--w-grid values must be finite, got {job.w_grid}")
+    ps = job.p_grid if job.p_grid is not None else job.p_range
+    if job.p_grid is not None and not job.p_grid:
+        raise InputError("--p-grid is empty")
+    if any(not 0.0 <= p < 1.0 for p in ps):
+        raise InputError(f"p values must be in [0, 1), got {tuple(ps)}")
+    if job.p_grid is None and not job.p_range[0] < job.p_range[1]:
+        raise InputError(f"--p-range must be LO,HI with LO < HI, got {job.p_range}")
+    if job.num_samples < 1 or job.epochs < 1 or job.max_concurrent < 1 or job.workers_per_trial < 1:
+        raise InputError("--num-samples, --epochs, --max-concurrent and --workers-per-trial must be >= 1")
+
+
+def _trainable(config: dict) -> None:
+    """One trial: train once with this p, scoring every w at each epoch (runs in the trial actor)."""
+    quiet_ray_logs()
+    base = ExperimentConfig.from_dict(config["base"])
+    cfg = replace(base, train=replace(base.train, p_uncond=float(config["p"])))
+    trial = tune.get_context().get_trial_name()
+    storage = config["train_storage"]
+    Path(storage, trial).mkdir(parents=True, exist_ok=True)
+    job = TrainJob(data_dir=config["data_dir"], config=cfg, run_name=trial, storage=storage,
+                   workers=config["workers"], use_gpu=config["use_gpu"], epochs=config["epochs"],
+                   eval_ws=tuple(config["w_grid"]), callbacks=[TuneReportCallback()], report_epochs_only=True,
+                   fit_log=os.path.join(storage, trial, "fits.log"))
+    run_training(job)
+
+
+def run_tune(job: TuneJob) -> dict:
+    validate_tune(job)
+    out = Path(job.out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    exp_path = out / job.name
+    mode = METRICS[job.metric]
+    target = f"best_{job.metric}"
+    p_space = tune.grid_search(list(job.p_grid)) if job.p_grid is not None else tune.uniform(*job.p_range)
+    param_space = {"p": p_space, "base": job.config.to_dict(), "data_dir": str(Path(job.data_dir).absolute()),
+                   "train_storage": str(out / "trials"), "workers": job.workers_per_trial, "use_gpu": job.use_gpu,
+                   "epochs": job.epochs, "w_grid": list(job.w_grid)}
+    resources = tune.with_resources(_trainable, {"CPU": 0.01})  # the trial only drives its TorchTrainer
+    if job.resume:
+        if not tune.Tuner.can_restore(str(exp_path)):
+            raise InputError(f"--resume: no interrupted search at {exp_path}")
+        tuner = tune.Tuner.restore(str(exp_path), trainable=resources, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space)
+    else:
+        if exp_path.exists():
+            raise InputError(f"{exp_path} exists; pass --resume to continue it or choose another --out/--name")
+        tuner = tune.Tuner(
+            resources, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=target, mode=mode, num_samples=1 if job.p_grid else job.num_samples,
+                                        max_concurrent_trials=job.max_concurrent,
+                                        scheduler=ASHAScheduler(time_attr="training_iteration", max_t=job.epochs,
+                                                                grace_period=job.grace_period, reduction_factor=2)),
+            run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0))
+    results = tuner.fit()
+    return summarize(results, job, out, target, mode)
+
+
+def summarize(results, job: TuneJob, out: Path, target: str, mode: str) -> dict:
+    """Write the trial table (CSV), best.json and the metric(w) plot; return the summary."""
+    rows, curves = [], {}
+    for r in results:
+        m = r.metrics or {}
+        if target not in m:
+            continue
+        trial = Path(r.path).name
+        curve = [(w, m.get(f"{job.metric}_w{w:g}")) for w in job.w_grid]
+        curves[f"{trial[-5:]} p={r.config['p']:.3f}"] = [(w, v) for w, v in curve if v is not None]
+        export = out / "trials" / _train_run(r) / "export"
+        rows.append({"trial": trial, "p": r.config["p"], "best_w": m.get("best_w"),
+                     "psnr": m.get("best_psnr"), "ssim": m.get("best_ssim"), "mae_missing": m.get("best_mae_missing"),
+                     "val_loss": m.get("val_loss"), "steps": m.get("step"), "epochs": m.get("training_iteration"),
+                     "checkpoint": str(export) if export.is_dir() else m.get("checkpoint_path"),
+                     **{f"{job.metric}_w{w:g}": v for w, v in curve}})
+    if not rows:
+        raise RuntimeError("no trial reported a validation metric; see the trial logs under " + str(out))
+    best = (max if mode == "max" else min)(rows, key=lambda r: r[{"psnr": "psnr", "ssim": "ssim",
+                                                                  "mae_missing": "mae_missing"}[job.metric]])
+    with open(out / "trials.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    best_doc = {"p": best["p"], "w": best["best_w"], "metric": job.metric, "value": best[job.metric],
+                "checkpoint": best["checkpoint"], "trial": best["trial"]}
+    (out / "best.json").write_text(json.dumps(best_doc, indent=2))
+    line_chart(curves, out / "metric_vs_w.png", x_label="guidance weight w", y_label=job.metric,
+               title=f"validation {job.metric} against w, one line per trial (p)")
+    return {"rows": rows, "best": best_doc, "dir": str(out)}
+
+
+def _train_run(result) -> str:
+    """The Train run of a trial is named after the trial (``tune.get_context().get_trial_name()``)."""
+    cp = (result.metrics or {}).get("checkpoint_path")
+    return Path(cp).parent.name if cp else f"_trainable_{result.metrics.get('trial_id', '')}"
