@@ -45,9 +45,10 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
 @click.option("--threads-per-worker", type=int, default=1, show_default=True, help="torch threads per worker.")
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Automatic restarts from the last checkpoint.")
+@click.option("--spread", is_flag=True, help="Place workers on different nodes where possible (default: pack).")
 @click.pass_context
 def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, config_file, sets, epochs, steps,
-              resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures):
+              resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures, spread):
     """Train the conditional diffusion model with Ray Train (TorchTrainer, DDP).
 
     Without --ray-address an embedded local Ray starts in-process. Checkpoints are reported every
@@ -76,7 +77,7 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, con
     try:
         job = TrainJob(data_dir=data, config=cfg, run_name=name, storage=storage, workers=workers, use_gpu=gpu,
                        cpus_per_worker=cpus_per_worker, threads_per_worker=threads_per_worker,
-                       max_failures=max_failures, epochs=epochs)
+                       max_failures=max_failures, epochs=epochs, placement="SPREAD" if spread else "PACK")
         paths = run_paths(job)
         click.echo(f"Ray: {'embedded local' if info.embedded else 'cluster ' + info.address} "
                    f"({info.num_cpus:g} CPUs, {info.num_gpus:g} GPUs); {workers} worker(s)")

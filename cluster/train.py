@@ -36,6 +36,7 @@ class TrainJob:
     cpus_per_worker: float = 1.0  # logical CPUs per worker
     threads_per_worker: int = 1  # torch intra-op threads per worker
     max_failures: int = 2  # automatic restarts from the latest checkpoint
+    placement: str = "PACK"  # worker placement: PACK (fill nodes) or SPREAD (one per node where possible)
     epochs: int | None = None  # overrides train.max_steps when set
     eval_ws: tuple[float, ...] | None = None  # guidance weights scored at every validation (tune)
     callbacks: list = field(default_factory=list)  # ray.train.UserCallback / TuneReportCallback
@@ -80,6 +81,8 @@ def run_paths(job: TrainJob) -> dict[str, str]:
 def validate_job(job: TrainJob, meta: DatasetMeta) -> ExperimentConfig:
     cfg = job.config
     check_data_matches(meta, cfg)
+    if job.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise InputError(f"placement must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {job.placement!r}")
     if job.workers < 1:
         raise InputError(f"--workers must be >= 1, got {job.workers}")
     if cfg.train.batch_size % job.workers:
@@ -130,11 +133,12 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
           "eval_ws": list(job.eval_ws) if job.eval_ws else None, "report_epochs_only": job.report_epochs_only,
           "meta": {"dataset": str(meta.root), "run": paths["run"]},
           "fail_at_step": job.fail_at_step, "fail_marker": paths["run"] + "/.fault_injected",
-          "fit_log": job.fit_log}
+          "fit_log": job.fit_log, "workers_dir": paths["run"] + "/workers" if local else None}
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=lc,
-        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=job.placement),
         run_config=RunConfig(name=job.run_name, storage_path=os.path.abspath(job.storage) if local else job.storage,
                              failure_config=FailureConfig(max_failures=job.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),

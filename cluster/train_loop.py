@@ -5,13 +5,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -75,6 +78,11 @@ def train_loop_per_worker(lc: dict) -> dict:
     device = ray.train.torch.get_device()
     torch.set_num_threads(lc.get("threads", 1))
     torch.manual_seed(tc.seed + rank)
+    if lc.get("workers_dir"):  # where each rank ran: node, host, pid, device (placement checks, debugging)
+        os.makedirs(lc["workers_dir"], exist_ok=True)
+        Path(lc["workers_dir"], f"rank-{rank}.json").write_text(json.dumps({
+            "rank": rank, "world": world, "node_id": ray.get_runtime_context().get_node_id(),
+            "host": socket.gethostname(), "pid": os.getpid(), "device": str(device)}))
 
     model = ConditionalUNet(cfg.model).to(device)
     ema = EMA(model, tc.ema_decay)
@@ -108,6 +116,7 @@ def train_loop_per_worker(lc: dict) -> dict:
     eval_ws = lc.get("eval_ws") or [cfg.sampler.w]
     t_start, img_seen, t_last, last_metrics, step0 = time.time(), 0, time.time(), {}, step
     max_steps = tc.max_steps
+    reported = False
 
     def report(metrics: dict, tag: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +166,11 @@ def train_loop_per_worker(lc: dict) -> dict:
             if rank == 0 and lc.get("best_dir"):
                 _export(lc["best_dir"], saver, model, ema, opt, sched, step, epoch, best)
         report({"step": step, "epoch": epoch, **last_metrics, **metrics}, f"step_{step:07d}")
+        reported = True
+    if not reported:  # resumed a finished run (e.g. a restored Tune trial): report its final state once
+        metrics = _validate(model, ema, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank,
+                            device, tb, step, epoch)
+        report({"step": step, "epoch": epoch, **metrics}, f"step_{step:07d}_final")
     if rank == 0 and lc.get("export_dir"):
         _export(lc["export_dir"], saver, model, ema, opt, sched, step, epoch, best)
     tb.hparams({"p_uncond": tc.p_uncond, "w": cfg.sampler.w, "lr": tc.lr, "batch_size": tc.batch_size,

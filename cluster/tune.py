@@ -48,6 +48,7 @@ class TuneJob:
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     resume: bool = False  # continue an interrupted search in out_dir/name
     seed: int = 0  # search seed
+    stopper: object | None = None  # optional ray.tune.Stopper (e.g. a time budget; tests interrupt with it)
 
 
 def validate_tune(job: TuneJob) -> None:
@@ -109,7 +110,7 @@ def run_tune(job: TuneJob) -> dict:
                                         max_concurrent_trials=job.max_concurrent,
                                         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=job.epochs,
                                                                 grace_period=job.grace_period, reduction_factor=2)),
-            run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0))
+            run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0, stop=job.stopper))
     results = tuner.fit()
     return summarize(results, job, out, target, mode)
 

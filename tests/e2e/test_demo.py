@@ -1,0 +1,29 @@
+"""The `make run` job (cfgdiff demo), in its quick form: every stage runs for real and reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.pipeline import DemoPlan, run_demo
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_quick_demo_runs_every_stage(ray_session, tmp_path):
+    lines = []
+    report = run_demo(DemoPlan.quick(str(tmp_path / "demo")), skip_tune=True, echo=lines.append)
+    text = "\n".join(lines)
+    for stage in ("1/6 demo data", "2/6 convert", "3/6 train", "4/6 tune: skipped", "5/6 infer", "6/6 score"):
+        assert stage in text
+    t = report["table"]
+    assert set(t) == {"mean-fill", "kriging (Bayes optimum)", "cfgdiff (mean of K)"}
+    assert t["kriging (Bayes optimum)"]["mse_ratio"] == 1.0
+    # the Bayes optimum is optimal: nothing beats it in MSE on missing pixels (up to sampling noise)
+    assert t["mean-fill"]["mse_ratio"] > 1.0 and t["cfgdiff (mean of K)"]["known_error"] == 0.0
+    out = tmp_path / "demo"
+    for f in ("comparison.png", "infer/recon.grid.png", "report.json", "runs/demo/export/model.safetensors"):
+        assert (out / f).exists(), f
+    assert json.loads((out / "report.json").read_text())["train_steps"] == 40
+    assert "tensorboard --logdir" in text

@@ -1,0 +1,79 @@
+"""Ray Tune over p with w swept inside each trial: ASHA, best.json, curves, one fit per trial, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cfgdiff.errors import InputError
+from cluster.tune import TuneJob, run_tune, validate_tune
+
+from .conftest import tiny_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+W = (0.0, 1.0, 2.0)
+
+
+def _fits(out: Path) -> dict[str, int]:
+    return {p.parent.name: len(p.read_text().splitlines()) for p in (out / "trials").glob("*/fits.log")}
+
+
+def test_search_asha_best_json_and_curves(ray_session, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, "train.lr=2e-3")
+    job = TuneJob(data_dir=str(tiny_data), config=cfg, out_dir=str(tmp_path), p_grid=(0.1, 0.95), w_grid=W,
+                  epochs=3, max_concurrent=1)
+    s = run_tune(job)
+    fits = _fits(tmp_path)
+    assert len(fits) == 2 and set(fits.values()) == {1}, f"every trial trained exactly once: {fits}"
+    rows = {round(r["p"], 2): r for r in s["rows"]}
+    assert set(rows) == {0.1, 0.95}
+    for r in rows.values():
+        assert all(r[f"psnr_w{w:g}"] is not None for w in W), "full metric(w) curve"
+        assert r["psnr"] == max(r[f"psnr_w{w:g}"] for w in W) and r["best_w"] in W
+    assert rows[0.95]["epochs"] < 3 <= rows[0.1]["epochs"], f"ASHA stopped the p=0.95 trial early: {rows}"
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["p"] == max(rows.values(), key=lambda r: r["psnr"])["p"]
+    assert best["w"] == rows[round(best["p"], 2)]["best_w"] and Path(best["checkpoint"]).is_dir()
+    with open(tmp_path / "trials.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert (tmp_path / "metric_vs_w.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_session, tiny_data, tmp_path):
+    """A `cfgdiff tune` process on the same cluster is interrupted (SIGINT) after its first trial;
+    resuming finishes the search and the finished trial is not trained again."""
+    from .test_cli_ray import _sets
+
+    cmd = [sys.executable, "-m", "cli.main", "tune", "--data", str(tiny_data), "--out", str(tmp_path),
+           "--ray-address", ray_session.address, "--p-grid", "0.2,0.3", "--w-grid", "0,1", "--epochs", "1",
+           *_sets("train.lr=2e-3")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[2])
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((tmp_path / "trials").glob("*/export/config.json")):
+        assert proc.poll() is None, "tune exited before it could be interrupted"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    first = _fits(tmp_path)
+    assert len(first) >= 1
+    cfg = tiny_config(tiny_data, "train.lr=2e-3")
+    s = run_tune(TuneJob(data_dir=str(tiny_data), config=cfg, out_dir=str(tmp_path), p_grid=(0.2, 0.3),
+                         w_grid=(0.0, 1.0), epochs=1, resume=True))
+    fits = _fits(tmp_path)
+    assert len(s["rows"]) == 2 and len(fits) == 2
+    finished = [t for t in first if (tmp_path / "trials" / t / "export").is_dir()]
+    assert finished and all(fits[t] == 1 for t in finished), f"finished trials were not rerun: {first} -> {fits}"
+
+
+@pytest.mark.parametrize("kw,match", [({"w_grid": ()}, "w-grid is empty"), ({"p_grid": (0.1, 1.0)}, r"in \[0, 1\)"),
+                                      ({"metric": "lpips"}, "--metric"), ({"p_range": (0.3, 0.1)}, "LO < HI")])
+def test_tune_bad_input(tiny_data, kw, match):
+    with pytest.raises(InputError, match=match):
+        validate_tune(TuneJob(data_dir=str(tiny_data), config=None, **kw))

@@ -1,0 +1,81 @@
+"""CLI contract: working commands only, one-line errors with exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cli.main import main
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_help_lists_only_working_commands(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    listed = {line.split()[0] for line in out.split("Commands:")[1].strip().splitlines()}
+    assert listed == {"convert", "demo", "demo-data", "infer", "info", "train", "tune"}
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and "0.1.0" in out
+
+
+def _arrays(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(20, 8, 8)).astype(np.float32))
+    np.save(tmp_path / "x5.npy", np.zeros((5, 8, 8), np.float32))
+    np.save(tmp_path / "half.npy", np.full((20, 8, 8), 0.5, np.float32))
+    np.save(tmp_path / "nan.npy", np.full((20, 8, 8), np.nan, np.float32))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.float32))
+    np.save(tmp_path / "amb.npy", np.zeros((4, 8, 8, 8), np.float32))
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--condition", "{d}/x5.npy"], "x5.npy (condition): has N=5"),
+    (["--condition", "{d}/x.npy", "--mask", "{d}/half.npy"], "must be binary"),
+    (["--degrade", "smudge:3"], "unknown kind 'smudge'"),
+    (["--condition", "{d}/x.npy", "--degrade", "drop:0.5"], "exclusive"),
+])
+def test_convert_bad_input_exit_2(tmp_path, capsys, args, match):
+    _arrays(tmp_path)
+    code, _, err = run(["convert", f"{tmp_path}/x.npy", "--out", f"{tmp_path}/o"] +
+                       [a.format(d=tmp_path) for a in args], capsys)
+    assert code == 2 and match in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("target,match", [("nan.npy", "NaN or inf at row 0"), ("empty.npy", "empty array"),
+                                          ("amb.npy", "pass --layout"), ("bad.npy", "unreadable or truncated"),
+                                          ("missing.npy", "no such file")])
+def test_convert_bad_target_exit_2(tmp_path, capsys, target, match):
+    _arrays(tmp_path)
+    code, _, err = run(["convert", f"{tmp_path}/{target}", "--out", f"{tmp_path}/o"], capsys)
+    assert code == 2 and match in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_convert_and_demo_data_work(tmp_path, capsys):
+    code, out, _ = run(["demo-data", "--out", str(tmp_path / "raw"), "--n", "40", "--size", "16"], capsys)
+    assert code == 0 and (tmp_path / "raw" / "target.npy").exists()
+    code, out, _ = run(["--quiet", "convert", str(tmp_path / "raw" / "target.npy"), "--degrade", "box:0.25",
+                        "--out", str(tmp_path / "ds")], capsys)
+    assert code == 0 and "36 train + 4 val rows" in out
+    code, _, err = run(["convert", str(tmp_path / "raw" / "target.npy"), "--out", str(tmp_path / "ds")], capsys)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_subprocess_prints_one_line_and_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cli.main", "convert", str(tmp_path / "nope.npy"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "cli.main", "--debug", "convert", str(tmp_path / "nope.npy"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr
