@@ -120,6 +120,9 @@ def finalize(samples_n: torch.Tensor, norm: Normalization, cond_raw: np.ndarray,
         x = torch.where(keep, obs, x)
     mean = x.mean(1)
     std = x.std(1, unbiased=True) if K > 1 else torch.zeros_like(mean)
+    if cond_raw.shape[1] == C:  # a mean of K equal floats is not always that float: restore exactly
+        mean = torch.where(keep[:, 0], obs[:, 0], mean)
+        std = torch.where(keep[:, 0], torch.zeros_like(std), std)
     return x.numpy(), mean.numpy(), std.numpy()
 
 

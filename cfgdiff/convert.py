@@ -64,7 +64,7 @@ def _sha256(files) -> str:
 
 
 def _validate_shapes(ref: ArraySource, cond: ArraySource | None, mask: ArraySource | None) -> None:
-    N, (C, H, W) = len(ref), ref.chw
+    N, (_, H, W) = len(ref), ref.chw
     for src in (cond, mask):
         if src is None or src is ref:
             continue

@@ -128,12 +128,12 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
     (out / "report.json").write_text(json.dumps({**report, "tune_best": tune_best, "train_steps": tr["step"],
                                                  "seconds": time.time() - t_all}, indent=2, default=str))
     echo(f"\nDone in {(time.time() - t_all) / 60:.1f} min. Outputs under {out}/:")
-    echo(f"  comparison.png          condition | mean-fill | kriging (Bayes) | cfgdiff mean | cfgdiff std | target")
-    echo(f"  infer/recon.grid.png    condition | mask | reconstruction | std | target")
+    echo("  comparison.png          condition | mean-fill | kriging (Bayes) | cfgdiff mean | cfgdiff std | target")
+    echo("  infer/recon.grid.png    condition | mask | reconstruction | std | target")
     if tune_best:
-        echo(f"  tune/metric_vs_w.png    validation PSNR against w per trial; tune/best.json, tune/trials.csv")
-    echo(f"  runs/demo/export        the trained model (cfgdiff infer / cfgdiff.load)")
-    echo(f"  report.json             all figures above")
+        echo("  tune/metric_vs_w.png    validation PSNR against w per trial; tune/best.json, tune/trials.csv")
+    echo("  runs/demo/export        the trained model (cfgdiff infer / cfgdiff.load)")
+    echo("  report.json             all figures above")
     echo(f"Look at training curves and sample grids: tensorboard --logdir {out / 'runs'}")
     return report
 

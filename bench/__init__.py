@@ -1,0 +1,1 @@
+"""Benchmarks that print figures; no pass/fail on time. `python -m bench --help`."""

@@ -1,0 +1,54 @@
+"""`python -m bench [sampler|model|data|scaling|all] [--device cpu|cuda] [--precision fp32|bf16] [--record]`.
+
+Prints tables of measured figures; --record appends them to bench/RESULTS.md with the machine,
+torch version and command. Nothing here passes or fails on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from .common import machine, record
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("what", nargs="*", default=["all"], choices=["all", "sampler", "model", "data", "scaling"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
+    p.add_argument("--batch", type=int, nargs="*", default=[32], help="batch sizes for the model benchmark")
+    p.add_argument("--no-peers", action="store_true", help="skip the peer libraries in the model benchmark")
+    p.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    what = ["sampler", "model", "data", "scaling"] if "all" in a.what else a.what
+    print(machine())
+    for w in what:
+        if w == "sampler":
+            from . import sampler
+
+            title, body = "Sampler overhead and batched CFG", sampler.run(a.device, a.precision or "fp32")
+        elif w == "model":
+            from . import model
+
+            precs = (a.precision,) if a.precision else ("fp32", "bf16")
+            title, body = "Training step: cfgdiff vs peers", model.run(a.device, tuple(a.batch), precs, not a.no_peers)
+        elif w == "data":
+            from . import data
+
+            title, body = "Convert and read throughput", data.run()
+        else:
+            from . import scaling
+
+            title, body = "Ray Train workers and inference actors", scaling.run()
+        print(f"\n## {title}\n\n{body}")
+        if a.record:
+            record(title, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Ray layers: training images/s per worker (1 vs 2) and inference images/s (1 vs 2 actors vs in-process)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import table
+
+TRAIN_SETS = ["model.dim=32", "model.dim_mults=[1,2,2]", "model.num_res_blocks=1", "model.cross_attn_max_res=8",
+              "train.batch_size=32", "train.checkpoint_every=0", "train.log_every=20", "train.val_samples=4",
+              "train.val_steps=2", "train.val_batches=1"]
+
+
+def _data(d: Path, n: int = 1024) -> Path:
+    from cfgdiff.convert import ConvertOptions, convert
+    from cfgdiff.demo import gaussian_random_fields
+
+    np.save(d / "x.npy", gaussian_random_fields(n, 32, 32))
+    convert(str(d / "x.npy"), d / "ds", ConvertOptions(degrade="drop:0.8", val_fraction=1 / 16))
+    return d / "ds"
+
+
+def run(steps: int = 60) -> str:
+    from cfgdiff.config import ExperimentConfig, SamplerConfig
+    from cfgdiff.data import DatasetMeta
+    from cluster.infer import InferJob, run_inference
+    from cluster.runtime import start_ray, stop_ray
+    from cluster.train import TrainJob, config_for_data, run_training
+
+    rows, irows = [], []
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        ds = _data(d)
+        info = start_ray("local", 6)
+        try:
+            cfg = config_for_data(DatasetMeta.load(ds), ExperimentConfig(), TRAIN_SETS + [f"train.max_steps={steps}"])
+            for workers in (1, 2):
+                t0 = time.perf_counter()
+                s = run_training(TrainJob(data_dir=str(ds), config=cfg, run_name=f"w{workers}", storage=str(d / "runs"),
+                                          workers=workers, threads_per_worker=2 // workers))
+                wall = time.perf_counter() - t0
+                ips = s["final"]["images_per_s"]
+                rows.append({"workers": workers, "threads/worker": 2 // workers, "global batch": 32,
+                             "steady img/s (all workers)": ips, "img/s per worker": ips / workers,
+                             "fit() wall s (incl. start-up)": wall})
+            export = str(d / "runs" / "w1" / "export")
+            sampler = SamplerConfig(steps=50, w=2.0)
+            for actors in (1, 2):
+                r = run_inference(InferJob(export, str(ds), str(d / f"o{actors}.npy"), actors=actors, batch_size=16,
+                                           sampler=sampler, threads_per_actor=1))
+                irows.append({"setup": f"Ray Data, {actors} actor(s), 1 thread each", "rows": r["rows"],
+                              "img/s": r["images_per_s"]})
+        finally:
+            stop_ray(info)
+        irows.append(_in_process(export, ds, sampler))
+    base = irows[0]["img/s"]
+    for r in irows:
+        r["ratio to 1 actor"] = r["img/s"] / base
+    return (table(rows, ["workers", "threads/worker", "global batch", "steady img/s (all workers)", "img/s per worker",
+                         "fit() wall s (incl. start-up)"]) + "\n\n" +
+            table(irows, ["setup", "rows", "img/s", "ratio to 1 actor"]))
+
+
+def _in_process(export: str, ds: Path, sampler) -> dict:
+    import cfgdiff
+    from cfgdiff.data import read_split
+
+    torch.set_num_threads(1)
+    raw = read_split(ds / "val")
+    rec = cfgdiff.load(export)
+    t0 = time.perf_counter()
+    rec.reconstruct(raw["condition"], raw["mask"], steps=sampler.steps, w=sampler.w, batch_size=16)
+    t = time.perf_counter() - t0
+    return {"setup": "in-process cfgdiff.load().reconstruct, 1 thread, no Ray", "rows": len(raw["index"]),
+            "img/s": len(raw["index"]) / t}
