@@ -10,7 +10,7 @@ import click
 from cfgdiff import __version__
 from cfgdiff.errors import InputError
 
-from . import data_cmds, infer_cmd, model_cmds, run_cmd, train_cmd, tune_cmd
+from . import data_cmds, eval_cmd, infer_cmd, model_cmds, run_cmd, train_cmd, tune_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,7 +33,7 @@ def cli(ctx: click.Context, verbose: bool | None, debug: bool) -> None:
     ctx.obj = {"verbose": verbose, "debug": debug}
 
 
-for mod in (data_cmds, model_cmds, train_cmd, infer_cmd, tune_cmd, run_cmd):
+for mod in (data_cmds, model_cmds, train_cmd, infer_cmd, tune_cmd, eval_cmd, run_cmd):
     for command in mod.COMMANDS:
         cli.add_command(command)
 

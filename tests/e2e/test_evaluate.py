@@ -1,0 +1,41 @@
+"""`cfgdiff evaluate`: model vs classical baselines per degradation, the Bayes optimum, quality vs cost."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cfgdiff.evaluate import EvalOptions, run_evaluation
+
+from .test_cli_ray import run
+
+pytestmark = [pytest.mark.ray]
+
+
+def test_evaluate_baselines_bayes_and_sweep(tiny_checkpoint, tiny_data, tmp_path):
+    demo = tmp_path / "demo.json"
+    demo.write_text(json.dumps({"kind": "grf", "size": 16, "alpha": 4.0, "k0": 1.0, "mean": 0.0}))
+    opts = EvalOptions(degrade=("drop:0.7", "box:0.3"), steps=3, num_samples=2, limit=8, w=1.5,
+                       sweep=("ddim:2", "ddim:4", "ddim:4:r2,2"), demo_meta=str(demo))
+    doc = run_evaluation(tiny_checkpoint, str(tiny_data), opts, out_dir=str(tmp_path / "ev"))
+    assert set(doc["results"]) == {"drop:0.7", "box:0.3"}
+    for rows in doc["results"].values():
+        assert {"cfgdiff", "mean-fill", "linear (griddata)", "biharmonic", "opencv Telea", "opencv Navier-Stokes",
+                "kriging (Bayes optimum)"} <= set(rows)
+        assert all("psnr" in r for r in rows.values()), "every baseline really ran"
+        bayes = rows["kriging (Bayes optimum)"]["mse_missing"]
+        assert bayes <= rows["mean-fill"]["mse_missing"] and bayes <= rows["linear (griddata)"]["mse_missing"]
+        assert rows["cfgdiff"]["known_error"] == 0.0 and rows["cfgdiff"]["mse_over_bayes"] > 0
+        assert 0 < rows["cfgdiff"]["std_over_exact_std"] and 0 <= rows["cfgdiff"]["coverage_2std"] <= 1
+    calls = [r["model_calls"] for r in doc["quality_vs_cost"]]
+    assert calls == [4, 8, 8 + 2 * 2 * 1], calls  # CFG doubles; RePaint j=2, r=2 on 4 steps adds one 2-step pass
+    assert (tmp_path / "ev" / "evaluate.png").exists() and (tmp_path / "ev" / "evaluate.json").exists()
+
+
+def test_evaluate_cli_table_and_errors(tiny_checkpoint, tiny_data, tmp_path, capsys):
+    code, out, _ = run(["evaluate", tiny_checkpoint, "--data", str(tiny_data), "--degrade", "half", "--limit", "4",
+                        "--steps", "2", "--num-samples", "2"], capsys)
+    assert code == 0 and "half" in out and "mean-fill" in out and "cfgdiff" in out and "biharmonic" in out
+    code, _, err = run(["evaluate", tiny_checkpoint, "--data", str(tiny_data), "--degrade", "smear:1"], capsys)
+    assert code == 2 and "unknown kind 'smear'" in err
