@@ -36,6 +36,10 @@ def _stub_torchvision() -> None:
     tv.transforms.RandomHorizontalFlip = tv.transforms.CenterCrop = tv.transforms.Lambda = object
     tv.utils.save_image = lambda *a, **k: None
     tv.__version__ = "0.0-stub"
+    import importlib.machinery
+
+    for m in (tv, tv.transforms, tv.utils):
+        m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
     sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.utils": tv.utils})
 
 
@@ -53,7 +57,7 @@ def peers() -> dict[str, torch.nn.Module]:
         from diffusers import UNet2DModel
 
         out["diffusers UNet2DModel"] = UNet2DModel(
-            sample_size=32, in_channels=3, out_channels=1, block_out_channels=(40, 80, 160), layers_per_block=2,
+            sample_size=32, in_channels=3, out_channels=1, block_out_channels=(40, 80, 160), layers_per_block=2, norm_num_groups=8,
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
     except Exception as e:  # noqa: BLE001
@@ -69,17 +73,23 @@ def _call(name: str, model, x, t, c, m):
     return model(x, t, c, m)
 
 
-def _flops(name, model, x, t, c, m) -> float:
+def _flops(name, model, x, t, c, m) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs per image, counted by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     fc = FlopCounterMode(display=False)
     with fc, torch.no_grad():
         _call(name, model, x[:2], t[:2], c[:2], m[:2])
-    return fc.get_total_flops() / 2
+    fwd = fc.get_total_flops() / 2
+    fc = FlopCounterMode(display=False)
+    with fc:
+        _call(name, model, x[:2], t[:2], c[:2], m[:2]).float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return fwd, fc.get_total_flops() / 2
 
 
 def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_peers: bool = True,
-        channels_last: bool = False) -> str:
+        channels_last: bool = True) -> str:
     models = {"cfgdiff concat-only (dim 48, 1-2-4)":
               ConditionalUNet(ModelConfig(use_control_add=False, use_cross_attn=False)),
               "cfgdiff full (control add + cross-attn)": ConditionalUNet(ModelConfig())}
@@ -92,14 +102,14 @@ def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_pe
     rows = []
     for name, model in models.items():
         model = model.to(device).train()
-        if channels_last:
+        if channels_last and name.startswith("cfgdiff"):  # cfgdiff's default; peers run as users run them
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for B in batches:
             x = torch.randn(B, 1, 32, 32, device=device)
             c, m = torch.randn_like(x), torch.ones_like(x)
             t = torch.randint(0, 1000, (B,), device=device)
-            fl = _flops(name, model, x, t, c, m)
+            fl, fl_train = _flops(name, model, x, t, c, m)
             for prec in precisions:
                 ac = torch.autocast(device, dtype=torch.bfloat16, enabled=prec == "bf16")
 
@@ -114,7 +124,9 @@ def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_pe
                 ips = B / s
                 rows.append({"model": name, "params M": num_parameters(model) / 1e6, "GFLOP/img fwd": fl / 1e9,
                              "batch": B, "precision": prec, "img/s": ips,
-                             "MFU": 3 * fl * ips / 1e9 / peak[prec]})
+                             "GFLOP/s": fl_train * ips / 1e9, "MFU": fl_train * ips / 1e9 / peak[prec]})
     note = (f"fp32 matmul peak {peak['fp32']:.0f} GFLOP/s" + (f", bf16 {peak['bf16']:.0f} GFLOP/s" if "bf16" in peak else "")
-            + "; MFU = 3 x forward FLOPs x img/s / peak of that precision.")
-    return table(rows, ["model", "params M", "GFLOP/img fwd", "batch", "precision", "img/s", "MFU"]) + "\n\n" + note
+            + " (best of torch.matmul and a 1x1-conv GEMM; MKL matmul is slow on this AMD CPU, oneDNN is not)"
+            + "; MFU = counted forward+backward FLOPs x img/s / that peak.")
+    return table(rows, ["model", "params M", "GFLOP/img fwd", "batch", "precision", "img/s", "GFLOP/s", "MFU"]) + \
+        "\n\n" + note

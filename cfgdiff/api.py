@@ -87,7 +87,7 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
                            known: torch.Tensor | None, index: Sequence[int], sampler: SamplerConfig, *,
                            in_channels: int, prediction: str, num_samples: int = 1, seed: int = 0,
                            degrade_spec: str | None = None, progress: Callable | None = None,
-                           model_batch: int = 0) -> tuple[torch.Tensor, int]:
+                           model_batch: int = 0, clip_range=(-1.0, 1.0)) -> tuple[torch.Tensor, int]:
     """K samples per row in normalised units, shape (N, K, C, H, W).
 
     Sample k of global row i is seeded ``seed + i * K + k``; with ``model_batch > 0`` the network
@@ -104,7 +104,7 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
     op = operator_for(degrade_spec, kn if kn is not None else c, m) if degrade_spec else None
     res = sample(model, c, m, schedule=schedule, shape=(N * K, in_channels, H, W), known=kn,
                  operator=op, method=sampler.method, steps=sampler.steps, eta=sampler.eta, w=sampler.w,
-                 resample=sampler.resample, seed=seed, sample_index=idx, clip_x0=sampler.clip_x0,
+                 resample=sampler.resample, seed=seed, sample_index=idx, clip_x0=sampler.clip_x0, clip_range=clip_range,
                  prediction=prediction, project=kn is not None, progress=progress)
     return res.x0.view(N, K, in_channels, H, W), res.num_model_calls
 
@@ -164,7 +164,8 @@ class Reconstructor:
                                               range(a, min(a + batch_size, len(cond_raw))), s,
                                               in_channels=mc.in_channels, prediction=mc.prediction,
                                               num_samples=num_samples, seed=seed, degrade_spec=degrade_spec,
-                                              model_batch=model_batch)
+                                              model_batch=model_batch,
+                                              clip_range=self.ckpt.normalization.target.clip_bounds())
             outs.append(x.cpu())
         samples, mean, std = finalize(torch.cat(outs), self.ckpt.normalization, cond_raw, mask_t)
         return Reconstruction(samples, mean, std, calls)

@@ -113,6 +113,7 @@ class TrainConfig:
     min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None = plain MSE
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast
     compile: bool = False  # torch.compile the model
+    channels_last: bool = True  # channels_last memory format (faster convolutions on CPU and GPU)
     seed: int = 0  # base seed (rank r uses seed + 1000 r)
     degrade: str = "mix:drop:0.8,box:0.4,sensors:64,half:1"  # used when data holds only targets
     log_every: int = 50  # console/TensorBoard cadence in steps

@@ -126,12 +126,12 @@ def eval_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, cond:
 @torch.no_grad()
 def reconstruct_and_score(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, cond: torch.Tensor,
                           mask: torch.Tensor, cfg: ExperimentConfig, sampler: SamplerConfig,
-                          seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+                          seed: int = 0, clip_range=(-1.0, 1.0)) -> tuple[torch.Tensor, dict[str, float]]:
     """Sample reconstructions of a fixed validation batch and return (samples, mean metrics)."""
     model.eval()
     # the target equals the observation wherever mask = 1, so it serves as the projected values
     res = sample(model, cond, mask, schedule=schedule, known=x0, method=sampler.method, steps=sampler.steps,
                  eta=sampler.eta, w=sampler.w, resample=sampler.resample, seed=seed,
-                 clip_x0=sampler.clip_x0, prediction=cfg.model.prediction)
+                 clip_x0=sampler.clip_x0, clip_range=clip_range, prediction=cfg.model.prediction)
     m = reconstruction_metrics(res.x0, x0, mask)
     return res.x0, {k: float(torch.nanmean(v)) for k, v in m.items()}

@@ -16,6 +16,8 @@ import torch
 class ChannelAffine:
     offset: tuple[float, ...]  # per channel
     scale: tuple[float, ...]  # per channel, > 0
+    lo: tuple[float, ...] | None = None  # per-channel data minimum (user units), for clipping x0
+    hi: tuple[float, ...] | None = None  # per-channel data maximum
 
     def _t(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1, 1, 1)
@@ -31,12 +33,26 @@ class ChannelAffine:
         o, s = self._t(x)
         return x.float() * s + o
 
+    def clip_bounds(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """The data range in normalised units, (1, C, 1, 1) each; (-1, 1) when unknown."""
+        if self.lo is None or self.hi is None:
+            return -1.0, 1.0
+        lo = (torch.tensor(self.lo, dtype=torch.float64) - torch.tensor(self.offset, dtype=torch.float64)) / \
+            torch.tensor(self.scale, dtype=torch.float64)
+        hi = (torch.tensor(self.hi, dtype=torch.float64) - torch.tensor(self.offset, dtype=torch.float64)) / \
+            torch.tensor(self.scale, dtype=torch.float64)
+        return lo.float().view(1, -1, 1, 1), hi.float().view(1, -1, 1, 1)
+
     def to_dict(self) -> dict:
-        return {"offset": list(self.offset), "scale": list(self.scale)}
+        d = {"offset": list(self.offset), "scale": list(self.scale)}
+        if self.lo is not None:
+            d.update(lo=list(self.lo), hi=list(self.hi))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ChannelAffine:
-        return cls(tuple(float(v) for v in d["offset"]), tuple(float(v) for v in d["scale"]))
+        f = lambda k: tuple(float(v) for v in d[k]) if d.get(k) is not None else None
+        return cls(f("offset"), f("scale"), f("lo"), f("hi"))
 
 
 @dataclass(frozen=True)
@@ -89,11 +105,13 @@ class RunningStats:
             self.lo[c], self.hi[c] = min(self.lo[c], v.min()), max(self.hi[c], v.max())
 
     def affine(self, kind: str) -> ChannelAffine:
+        ok = np.isfinite(self.lo)
+        lo, hi = tuple(np.where(ok, self.lo, -1.0).tolist()), tuple(np.where(ok, self.hi, 1.0).tolist())
         if kind == "minmax":
             span = np.where(self.hi > self.lo, (self.hi - self.lo) / 2.0, 1.0)
-            offset = np.where(np.isfinite(self.lo), (self.hi + self.lo) / 2.0, 0.0)
-            return ChannelAffine(tuple(offset.tolist()), tuple(span.tolist()))
+            offset = np.where(ok, (self.hi + self.lo) / 2.0, 0.0)
+            return ChannelAffine(tuple(offset.tolist()), tuple(span.tolist()), lo, hi)
         if kind == "meanstd":
             std = np.sqrt(self.m2 / np.maximum(self.n, 1))
-            return ChannelAffine(tuple(self.mean.tolist()), tuple(np.where(std > 0, std, 1.0).tolist()))
+            return ChannelAffine(tuple(self.mean.tolist()), tuple(np.where(std > 0, std, 1.0).tolist()), lo, hi)
         raise ValueError(f"normalization must be minmax or meanstd, got {kind!r}")

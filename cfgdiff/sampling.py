@@ -154,14 +154,16 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
            shape: Sequence[int] | None = None, known: torch.Tensor | None = None, operator=None,
            method: str = "ddim", steps: int = 50, eta: float = 0.0, w: float = 1.0,
            resample: tuple[int, int] | None = None, seed: int = 0, sample_index: Sequence[int] | None = None,
-           generator: torch.Generator | None = None, clip_x0: bool = True, prediction: str = "eps",
+           generator: torch.Generator | None = None, clip_x0: bool = True,
+           clip_range: tuple[torch.Tensor | float, torch.Tensor | float] = (-1.0, 1.0), prediction: str = "eps",
            project: bool = True, progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """Draw x0 ~ p_theta(x0 | cond) with CFG, projecting ``known`` pixels where mask = 1.
 
     Shapes: cond (B, C_c, H, W), mask (B, 1, H, W) with 1 = known, known (B, C, H, W) target-space
     observations (defaults to ``cond``), shape = (B, C, H, W) of the sample (defaults to known's).
     ``operator`` (optional) exposes ``A(x)``, ``A_pinv(y)`` and ``y``; each x0 prediction is then
-    made consistent, ``x0 <- x0 + A^+(y - A x0)`` (DDNM 2212.00490, eq. 13).
+    made consistent, ``x0 <- x0 + A^+(y - A x0)`` (DDNM 2212.00490, eq. 13). With ``clip_x0`` the x0
+    predictions are clamped to ``clip_range`` (floats or (1, C, 1, 1) tensors: the data range).
     """
     if known is None and project:
         known = cond
@@ -183,6 +185,7 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
     noise = NoiseSource(shape, dev, seed=seed, sample_index=sample_index, generator=generator)
     keep = mask.bool() if project else None  # (B, 1, H, W)
     B = shape[0]
+    lo, hi = (c.to(dev) if torch.is_tensor(c) else torch.tensor(c, device=dev) for c in clip_range)
 
     def project_known(x: torch.Tensor, k: int) -> torch.Tensor:
         # RePaint eq. (8a)/(8b): known pixels at the level of the sample being produced, fresh noise.
@@ -206,7 +209,7 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
             else:
                 x0_hat = sched.x0_from_v(x, t, out)
             if clip_x0:
-                x0_hat = x0_hat.clamp(-1.0, 1.0)
+                x0_hat = torch.clamp(x0_hat, lo, hi)
             if operator is not None:  # DDNM range/null-space consistency
                 x0_hat = x0_hat + operator.A_pinv(operator.y - operator.A(x0_hat))
             eps_hat = sched.predict_eps(x, t, x0_hat)  # re-derive eps from the final x0 (DDIM eq. 12)

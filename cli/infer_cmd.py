@@ -81,7 +81,7 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
                    actors=actors, gpus_per_actor=gpus_per_actor, threads_per_actor=threads_per_actor,
                    batch_size=batch_size, model_batch=model_batch, sampler=sampler, num_samples=num_samples,
                    seed=seed, overwrite=overwrite)
-    info = start_ray(ray_address, num_cpus)
+    info = start_ray(ray_address, num_cpus, quiet=click.get_current_context().obj.get("verbose") is not True)
     bar = Progress("reconstruct", ctx.obj.get("verbose") is not False)
     try:
         r = run_inference(job, progress=bar)

@@ -19,7 +19,7 @@ def demo_cmd(out, quick, skip_tune, ray_address, num_cpus):
     from cluster.pipeline import DemoPlan, run_demo
 
     run_demo(DemoPlan.quick(out) if quick else DemoPlan.default(out), address=ray_address, num_cpus=num_cpus,
-             skip_tune=skip_tune, echo=click.echo)
+             skip_tune=skip_tune, echo=click.echo, quiet=click.get_current_context().obj.get("verbose") is not True)
 
 
 COMMANDS = [demo_cmd]

@@ -73,7 +73,7 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, con
         if (Path(storage) / name / "config.json").exists():
             raise InputError(f"--name {name}: a run already exists under {storage}; use --resume {name} or a new --name")
     cfg = config_for_data(meta, base, extra)
-    info = start_ray(ray_address, num_cpus)
+    info = start_ray(ray_address, num_cpus, quiet=click.get_current_context().obj.get("verbose") is not True)
     try:
         job = TrainJob(data_dir=data, config=cfg, run_name=name, storage=storage, workers=workers, use_gpu=gpu,
                        cpus_per_worker=cpus_per_worker, threads_per_worker=threads_per_worker,

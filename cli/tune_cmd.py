@@ -60,7 +60,7 @@ def tune_cmd(data, out, name, num_samples, p_range, p_grid, w_grid, metric, epoc
                   epochs=epochs, workers_per_trial=workers_per_trial, use_gpu=gpu, max_concurrent=max_concurrent,
                   resume=resume)
     validate_tune(job)
-    info = start_ray(ray_address, num_cpus)
+    info = start_ray(ray_address, num_cpus, quiet=click.get_current_context().obj.get("verbose") is not True)
     try:
         s = run_tune(job)
     finally:

@@ -153,7 +153,8 @@ class Inpainter:
         x, calls = reconstruct_normalized(self.model, self.schedule, dev(cond_n), dev(mask_t), dev(known),
                                           batch["index"].tolist(), self.sampler, in_channels=mc.in_channels,
                                           prediction=mc.prediction, num_samples=self.K, seed=self.seed,
-                                          degrade_spec=self.degrade, model_batch=self.model_batch)
+                                          degrade_spec=self.degrade, model_batch=self.model_batch,
+                                          clip_range=norm.target.clip_bounds())
         samples, mean, std = finalize(x.cpu(), norm, cond_raw, mask_t)
         out = {"index": batch["index"], "reconstruction": mean if self.K > 1 else samples[:, 0],
                "model_calls": np.full(len(mean), calls, np.int64)}

@@ -18,7 +18,7 @@ _ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_DATA_LOG_LEVEL": "WARNING",
+    "RAY_DATA_LOG_LEVEL": "ERROR",  # --verbose (quiet=False) restores Ray Data's INFO logs
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
@@ -55,6 +55,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         r = ray.cluster_resources()
         return RayInfo(ray.get_runtime_context().gcs_address, False, r.get("CPU", 0), r.get("GPU", 0), False)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if not quiet:
+        os.environ["RAY_DATA_LOG_LEVEL"] = "INFO"
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True,
                   configure_logging=True)
     if quiet:  # workers and actors log errors only; cfgdiff's own progress lines are prints

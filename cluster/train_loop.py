@@ -103,6 +103,8 @@ def train_loop_per_worker(lc: dict) -> dict:
     elif rank == 0 and lc.get("fit_log"):
         with open(lc["fit_log"], "a") as f:  # one line per from-scratch fit (tests count them)
             f.write(f"{time.time()}\n")
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)  # --- Ray: device + DDP when world > 1
     if tc.compile:
         model = torch.compile(model)
@@ -210,7 +212,8 @@ def _validate(model, ema: EMA, cfg, schedule, norm, val_shard, vis, eval_ws, per
     curve = {}
     for w in eval_ws:
         s = SamplerConfig(**{**base.__dict__, "w": float(w)})
-        x, m = reconstruct_and_score(ema_model, schedule, vis["x0"], vis["cond"], vis["mask"], cfg, s, seed=0)
+        x, m = reconstruct_and_score(ema_model, schedule, vis["x0"], vis["cond"], vis["mask"], cfg, s, seed=0,
+                                     clip_range=norm.target.clip_bounds())
         curve[float(w)] = m
         if float(w) == float(cfg.sampler.w) or len(eval_ws) == 1:
             tb.grid("val/cond|mask|sample|target|error", vis["cond"], vis["mask"], x, vis["x0"], step)

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # tests bind Ray to loopback only

@@ -135,3 +135,19 @@ def test_truncated_file_bad_spec_and_layout_flag(tmp_path):
     with pytest.raises(InputError, match="junk.npy: unreadable"):
         convert(str(tmp_path / "junk.npy"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_normalization_records_data_range_for_x0_clipping(tmp_path):
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(64, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for kind in ("minmax", "meanstd"):
+        convert(str(tmp_path / "x.npy"), tmp_path / kind, ConvertOptions(normalization=kind, val_fraction=0.0))
+        aff = DatasetMeta.load(tmp_path / kind).normalization.target
+        lo, hi = aff.clip_bounds()
+        n = aff.normalize(torch.from_numpy(x))
+        torch.testing.assert_close(lo.flatten(), n.amin().reshape(1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hi.flatten(), n.amax().reshape(1), atol=1e-5, rtol=0)
+        if kind == "minmax":
+            torch.testing.assert_close(lo.flatten(), torch.tensor([-1.0]), atol=1e-6, rtol=0)
+        else:
+            assert abs(float(n.std()) - 1) < 0.01 and float(hi) > 2.5
