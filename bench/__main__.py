@@ -16,7 +16,7 @@ from .common import machine, record
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="*", default=["all"], choices=["all", "sampler", "model", "data", "scaling"])
+    p.add_argument("what", nargs="*", default=["all"], choices=["all", "sampler", "model", "data", "scaling", "gap"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
@@ -41,6 +41,10 @@ def main() -> None:
             from . import data
 
             title, body = "Convert and read throughput", data.run()
+        elif w == "gap":
+            from . import gap
+
+            title, body = "Projection with an unconditional vs a conditional exact model (Gaussian data)", gap.run()
         else:
             from . import scaling
 

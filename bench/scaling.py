@@ -16,12 +16,12 @@ TRAIN_SETS = ["model.dim=32", "model.dim_mults=[1,2,2]", "model.num_res_blocks=1
               "train.val_steps=2", "train.val_batches=1"]
 
 
-def _data(d: Path, n: int = 1024) -> Path:
+def _data(d: Path, n: int = 4096) -> Path:
     from cfgdiff.convert import ConvertOptions, convert
     from cfgdiff.demo import gaussian_random_fields
 
     np.save(d / "x.npy", gaussian_random_fields(n, 32, 32))
-    convert(str(d / "x.npy"), d / "ds", ConvertOptions(degrade="drop:0.8", val_fraction=1 / 16))
+    convert(str(d / "x.npy"), d / "ds", ConvertOptions(degrade="drop:0.8", val_fraction=1 / 16))  # 256 val rows
     return d / "ds"
 
 
@@ -49,7 +49,7 @@ def run(steps: int = 60) -> str:
                              "steady img/s (all workers)": ips, "img/s per worker": ips / workers,
                              "fit() wall s (incl. start-up)": wall})
             export = str(d / "runs" / "w1" / "export")
-            sampler = SamplerConfig(steps=50, w=2.0)
+            sampler = SamplerConfig(steps=25, w=2.0)
             for actors in (1, 2):
                 r = run_inference(InferJob(export, str(ds), str(d / f"o{actors}.npy"), actors=actors, batch_size=16,
                                            sampler=sampler, threads_per_actor=1))

@@ -14,6 +14,7 @@ dtype (NaN in ``condition`` = unknown); ``mask`` is uint8 (1, H, W), 1 = known.
 from __future__ import annotations
 
 import json
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,11 @@ class ArraySource:
         for k, p in enumerate(self.parts):
             lo, hi = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
             if lo < hi:
-                pieces.append(np.asarray(p[lo - self.offsets[k]:hi - self.offsets[k]]))
+                pieces.append(np.array(p[lo - self.offsets[k]:hi - self.offsets[k]]))  # a copy
+                mm = getattr(p, "_mmap", None)
+                if mm is not None and hasattr(mm, "madvise"):
+                    # drop the mapped pages we just copied, so resident memory stays bounded by the chunk
+                    mm.madvise(mmap.MADV_DONTNEED)
         a = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
         if self.layout == "NHW":
             a = a[:, None]
