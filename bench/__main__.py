@@ -16,7 +16,8 @@ from .common import machine, record
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="*", default=["all"], choices=["all", "sampler", "model", "data", "scaling", "gap"])
+    p.add_argument("what", nargs="*", default=["all"],
+                   choices=["all", "sampler", "model", "data", "scaling", "gap", "peers-sampling"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
@@ -25,7 +26,7 @@ def main() -> None:
     p.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    what = ["sampler", "model", "data", "scaling"] if "all" in a.what else a.what
+    what = ["sampler", "model", "peers-sampling", "data", "scaling", "gap"] if "all" in a.what else a.what
     print(machine())
     for w in what:
         if w == "sampler":
@@ -41,6 +42,10 @@ def main() -> None:
             from . import data
 
             title, body = "Convert and read throughput", data.run()
+        elif w == "peers-sampling":
+            from . import sampling_peers
+
+            title, body = "DDIM-50 sampling with CFG: cfgdiff vs peers", sampling_peers.run(precision=a.precision or "fp32")
         elif w == "gap":
             from . import gap
 

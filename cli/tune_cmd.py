@@ -75,6 +75,8 @@ def tune_cmd(data, out, name, num_samples, p_range, p_grid, w_grid, metric, epoc
     click.echo(f"best: p={b['p']:.3f} w={b['w']} {b['metric']}={b['value']:.4g}  checkpoint {b['checkpoint']}")
     click.echo(f"wrote {s['dir']}/trials.csv, best.json, metric_vs_w.png; "
                f"use it: cfgdiff infer --from-tune {s['dir']} --input ... --out ...")
+    click.echo("scale up: --num-samples 16 --epochs 20 --workers-per-trial 8 --gpu --max-concurrent 1 "
+               "--ray-address auto --set train.batch_size=256 (one 8-GPU trial at a time)")
 
 
 COMMANDS = [tune_cmd]
