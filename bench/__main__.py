@@ -17,7 +17,7 @@ from .common import machine, record
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", default=["all"],
-                   choices=["all", "sampler", "model", "data", "scaling", "gap", "peers-sampling"])
+                   choices=["all", "sampler", "model", "data", "scaling", "gap", "peers-sampling", "precision"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
@@ -46,6 +46,10 @@ def main() -> None:
             from . import sampling_peers
 
             title, body = "DDIM-50 sampling with CFG: cfgdiff vs peers", sampling_peers.run(precision=a.precision or "fp32")
+        elif w == "precision":
+            from . import precision
+
+            title, body = "bf16 autocast vs fp32: speed and loss curve", precision.run()
         elif w == "gap":
             from . import gap
 

@@ -42,7 +42,7 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.num_updates = 0
-        self.shadow = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+        self.shadow = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
@@ -50,7 +50,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
-        for k, v in _unwrap(model).state_dict().items():
+        for k, v in unwrap(model).state_dict().items():
             if v.dtype.is_floating_point:
                 self.shadow[k].lerp_(v.detach(), 1.0 - d)
             else:
@@ -66,7 +66,7 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DDP
 

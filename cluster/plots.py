@@ -35,8 +35,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: str | os.Path
         d.line([X(xv), H - bottom, X(xv), H - bottom + 4], fill="black")
         d.text((X(xv) - 10, H - bottom + 8), f"{xv:.3g}", fill="black")
     d.text((left + (W - left - right) // 2 - 40, H - 22), x_label, fill="black")
-    d.text((5, 12), y_label, fill="black")
-    d.text((left, 12), title, fill="black")
+    d.text((5, 24), y_label, fill="black")
+    d.text((left, 6), title, fill="black")
     for i, (name, s) in enumerate(series.items()):
         col = PALETTE[i % len(PALETTE)]
         s = sorted((p for p in s if p[1] is not None), key=lambda p: p[0])

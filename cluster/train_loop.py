@@ -24,7 +24,7 @@ from cfgdiff.checkpoint import load_training_state, write_checkpoint_files
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.data import decode_batch
 from cfgdiff.degrade import degrade
-from cfgdiff.engine import EMA, _unwrap, eval_loss, make_lr_scheduler, make_optimizer, reconstruct_and_score
+from cfgdiff.engine import EMA, eval_loss, make_lr_scheduler, make_optimizer, reconstruct_and_score, unwrap
 from cfgdiff.engine import train_step as core_train_step
 from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
@@ -62,7 +62,7 @@ class _Saver:
         self.cfg, self.norm, self.meta = cfg, norm, meta
 
     def write(self, directory: str, model, ema: EMA, opt, sched, step: int, epoch: int, extra: dict) -> None:
-        state = {"model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+        state = {"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
                  "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "step": step, "epoch": epoch, "torch_rng": torch.get_rng_state(), "extra": extra}
         write_checkpoint_files(directory, ema.shadow, self.cfg, self.norm, {**self.meta, "step": step}, state)

@@ -6,19 +6,13 @@ import json
 
 import pytest
 
-from cli.main import main
+from tests.helpers import run_cli as run
 
 from .conftest import TINY_MODEL, TINY_TRAIN
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def _sets(*extra):

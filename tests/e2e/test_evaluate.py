@@ -7,8 +7,7 @@ import json
 import pytest
 
 from cfgdiff.evaluate import EvalOptions, run_evaluation
-
-from .test_cli_ray import run
+from tests.helpers import run_cli as run
 
 pytestmark = [pytest.mark.ray]
 

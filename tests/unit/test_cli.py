@@ -8,15 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from cli.main import main
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from tests.helpers import run_cli as run
 
 
 def test_help_lists_only_working_commands(capsys):
