@@ -45,9 +45,11 @@ def run(steps: int = 60) -> str:
                                           workers=workers, threads_per_worker=2 // workers))
                 wall = time.perf_counter() - t0
                 ips = s["final"]["images_per_s"]
+                split = s.get("step_time_split_s") or {}
                 rows.append({"workers": workers, "threads/worker": 2 // workers, "global batch": 32,
                              "steady img/s (all workers)": ips, "img/s per worker": ips / workers,
-                             "fit() wall s (incl. start-up)": wall})
+                             "fit() wall s (incl. start-up)": wall,
+                             **{f"{k} ms/step": 1e3 * v for k, v in split.items()}})
             export = str(d / "runs" / "w1" / "export")
             sampler = SamplerConfig(steps=25, w=2.0)
             for actors in (1, 2):
@@ -61,8 +63,13 @@ def run(steps: int = 60) -> str:
     base = irows[0]["img/s"]
     for r in irows:
         r["ratio to 1 actor"] = r["img/s"] / base
-    return (table(rows, ["workers", "threads/worker", "global batch", "steady img/s (all workers)", "img/s per worker",
-                         "fit() wall s (incl. start-up)"]) + "\n\n" +
+    cols = ["workers", "threads/worker", "global batch", "steady img/s (all workers)", "img/s per worker",
+            "fit() wall s (incl. start-up)"]
+    cols += [c for c in ("data_wait ms/step", "forward_backward ms/step", "optimizer ms/step", "ema ms/step",
+                         "allreduce_probe ms/step") if any(c in r for r in rows)]
+    note = ("\n\nStep-time split (rank 0): forward_backward includes DDP's all-reduce, which overlaps the backward; "
+            "allreduce_probe times one separate all-reduce of all gradients (gloo, 2 processes on 2 cores).\n\n")
+    return (table(rows, cols) + note +
             table(irows, ["setup", "rows", "img/s", "ratio to 1 actor"]))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import torch
 from torch import nn
@@ -77,12 +78,39 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+class StepTimer:
+    """Accumulates wall time per phase of the training step. Timing syncs the device, so it is
+    only used when asked for (benchmarks, the end-of-run step-time split)."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+        self._t = None
+
+    def start(self, device: torch.device | None = None) -> None:
+        self._sync(device)
+        self._t = time.perf_counter()
+
+    def mark(self, phase: str, device: torch.device | None = None) -> None:
+        self._sync(device)
+        now = time.perf_counter()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - self._t
+        self._t = now
+
+    @staticmethod
+    def _sync(device) -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, lr_sched, schedule: NoiseSchedule,
                x0: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, cfg: ExperimentConfig,
-               generator: torch.Generator | None = None, micro_batch_size: int = 0) -> dict[str, torch.Tensor]:
+               generator: torch.Generator | None = None, micro_batch_size: int = 0,
+               timer: StepTimer | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step on a (per-worker) batch, with gradient accumulation over micro-batches.
 
     Returns tensors (loss, grad_norm, drop_rate); reading them is the caller's choice of sync point.
+    With ``timer``, adds the time of forward+backward (DDP's all-reduce overlaps the backward) and
+    of the optimizer (clipping, step, LR schedule) to it.
     """
     tcfg = cfg.train
     model.train()
@@ -104,11 +132,15 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, lr_sched, schedule:
             (loss * (n / B)).backward()
         total += diag["loss"] * (n / B)
         drop += diag["drop_rate"] * (n / B)
+    if timer is not None:
+        timer.mark("forward_backward", x0.device)
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
     lr_sched.step()
+    if timer is not None:
+        timer.mark("optimizer", x0.device)
     return {"loss": total, "grad_norm": grad_norm.detach(), "drop_rate": drop}
 
 

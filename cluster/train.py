@@ -128,8 +128,8 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
     if local:
         Path(paths["run"]).mkdir(parents=True, exist_ok=True)
     lc = {"config": cfg.to_dict(), "normalization": meta.doc["normalization"], "vis": _vis_batch(meta, cfg),
-          "tb_dir": paths["tb"] if local else None, "export_dir": paths["export"] if local else None,
-          "best_dir": paths["best"] if local else None, "threads": job.threads_per_worker,
+          "tb_dir": paths["tb"], "export_dir": paths["export"], "best_dir": paths["best"],
+          "remote_run": None if local else paths["run"], "threads": job.threads_per_worker,
           "eval_ws": list(job.eval_ws) if job.eval_ws else None, "report_epochs_only": job.report_epochs_only,
           "meta": {"dataset": str(meta.root), "run": paths["run"]},
           "fail_at_step": job.fail_at_step, "fail_marker": paths["run"] + "/.fault_injected",

@@ -24,7 +24,7 @@ from cfgdiff.checkpoint import load_training_state, write_checkpoint_files
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.data import decode_batch
 from cfgdiff.degrade import degrade
-from cfgdiff.engine import EMA, eval_loss, make_lr_scheduler, make_optimizer, reconstruct_and_score, unwrap
+from cfgdiff.engine import EMA, StepTimer, eval_loss, make_lr_scheduler, make_optimizer, reconstruct_and_score, unwrap
 from cfgdiff.engine import train_step as core_train_step
 from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
@@ -110,6 +110,10 @@ def train_loop_per_worker(lc: dict) -> dict:
         model = torch.compile(model)
     schedule = NoiseSchedule.from_config(cfg.schedule).to(device)
     saver = _Saver(cfg, norm, lc.get("meta", {}))
+    staging = None
+    if lc.get("remote_run") and rank == 0:  # URI storage: rank 0 writes locally, uploads at the end
+        staging = tempfile.mkdtemp(prefix="cfgdiff-run-")
+        lc = {**lc, "tb_dir": f"{staging}/tensorboard", "export_dir": f"{staging}/export", "best_dir": f"{staging}/best"}
     tb = TBWriter(lc["tb_dir"] if rank == 0 else None, purge_step=step or None)
     vis = {k: torch.tensor(np.array(v)).to(device) for k, v in lc["vis"].items()}
     train_shard = ray.train.get_dataset_shard("train")  # --- Ray: this rank's shard
@@ -128,15 +132,19 @@ def train_loop_per_worker(lc: dict) -> dict:
                 ck = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=tag)  # --- Ray: all ranks
 
+    timer = StepTimer()
     while step < max_steps:
+        timer.start(device)
         for raw in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
                                             local_shuffle_buffer_size=max(4 * per_worker, 256),
                                             local_shuffle_seed=tc.seed + epoch):
             b = _with_condition(decode_batch(raw, norm, device), tc.degrade, tc.seed, epoch)
+            timer.mark("data_wait", device)
             out = core_train_step(model, opt, sched, schedule, b["x0"], b["cond"], b["mask"], cfg,
                                   generator=_step_generator(device, tc.seed, rank, step),
-                                  micro_batch_size=tc.micro_batch_size)
+                                  micro_batch_size=tc.micro_batch_size, timer=timer)
             ema.update(model)
+            timer.mark("ema", device)
             step += 1
             img_seen += b["x0"].shape[0] * world
             if lc.get("fail_at_step") == step and rank == world - 1 and not os.path.exists(lc["fail_marker"]):
@@ -159,6 +167,7 @@ def train_loop_per_worker(lc: dict) -> dict:
                 report({"step": step, "epoch": epoch, **last_metrics}, f"step_{step:07d}")
             if step >= max_steps:
                 break
+            timer.start(device)
         epoch += 1
         metrics = _validate(model, ema, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank,
                             device, tb, step, epoch)
@@ -178,8 +187,45 @@ def train_loop_per_worker(lc: dict) -> dict:
     tb.hparams({"p_uncond": tc.p_uncond, "w": cfg.sampler.w, "lr": tc.lr, "batch_size": tc.batch_size,
                 "dim": cfg.model.dim}, {k: v for k, v in last_metrics.items() if k == "loss"})
     tb.close()
+    if staging is not None:
+        _upload(staging, lc["remote_run"])
+    split = _step_split(timer, model, world, device, step - step0)
+    if rank == 0 and split:
+        print("[cfgdiff] step-time split per step: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in split.items()),
+              flush=True)
+    export = f"{lc['remote_run']}/export" if lc.get("remote_run") else lc.get("export_dir")
     return {"step": step, "epoch": epoch, "seconds": time.time() - t_start, "best": best,
-            "export_dir": lc.get("export_dir"), "final": last_metrics}
+            "export_dir": export, "final": last_metrics, "step_time_split_s": split}
+
+
+def _upload(staging: str, remote: str) -> None:
+    """Copy the export, best model and TensorBoard logs to URI storage (pyarrow filesystems)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(remote)
+    for sub in ("export", "best", "tensorboard"):
+        if os.path.isdir(os.path.join(staging, sub)):
+            fs.create_dir(f"{root}/{sub}", recursive=True)
+            pafs.copy_files(os.path.join(staging, sub), f"{root}/{sub}", destination_filesystem=fs)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _step_split(timer: StepTimer, model, world: int, device, steps: int) -> dict[str, float]:
+    """Mean seconds per step by phase, plus a separate probe of one all-reduce of all gradients
+    (under DDP that all-reduce runs inside the backward, overlapped, so it is measured apart)."""
+    if steps <= 0:
+        return {}
+    split = {k: v / steps for k, v in timer.totals.items()}
+    if world > 1 and dist.is_initialized():
+        n = sum(p.numel() for p in model.parameters())
+        buf = torch.zeros(n, device=device)
+        dist.all_reduce(buf)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(5):
+            dist.all_reduce(buf)
+        StepTimer._sync(device)
+        split["allreduce_probe"] = (time.perf_counter() - t0) / 5
+    return split
 
 
 def _export(path: str, saver: _Saver, model, ema, opt, sched, step, epoch, best) -> None:

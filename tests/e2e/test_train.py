@@ -76,3 +76,15 @@ def test_resume_continues_step_count_and_lr_schedule_exactly(ray_session, tiny_d
         expected[step] = opt.param_groups[0]["lr"]
     for step in (20, 25, 30):
         assert math.isclose(lr[step], expected[step], rel_tol=1e-6), (step, lr[step], expected[step])
+
+
+def test_uri_storage_gets_checkpoints_and_export(ray_session, tiny_data, tmp_path):
+    """--storage accepts pyarrow-filesystem URIs; rank 0 uploads the export and TensorBoard logs."""
+    cfg = tiny_config(tiny_data, "train.max_steps=6", "train.checkpoint_every=0")
+    uri = f"file://{tmp_path}/remote"
+    s = run_training(TrainJob(data_dir=str(tiny_data), config=cfg, run_name="u", storage=uri, workers=1))
+    assert s["export_dir"] == f"{uri}/u/export" and s["step"] == 6
+    run = tmp_path / "remote" / "u"
+    assert (run / "export" / "model.safetensors").exists() and list((run / "tensorboard").glob("events.*"))
+    assert list(run.glob("step_*/model.safetensors")), "Ray Train persisted the checkpoint to the URI"
+    assert cfgdiff.load(str(run / "export")).config.train.max_steps == 6

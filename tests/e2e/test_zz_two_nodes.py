@@ -1,11 +1,16 @@
-"""Two raylets on one machine (ray.cluster_utils.Cluster): workers placed on both nodes.
+"""Other cluster shapes: two raylets on one machine (ray.cluster_utils.Cluster) with workers on both
+nodes, and a `ray start --head` cluster that runs `cfgdiff train` through `ray job submit`.
 
-Runs last (file name) because it replaces the session's single-node Ray with its own cluster.
+Runs last (file name) because it replaces the session's single-node Ray with its own clusters.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -14,7 +19,7 @@ from ray.cluster_utils import Cluster
 from cluster.runtime import start_ray, stop_ray
 from cluster.train import TrainJob, run_training
 
-from .conftest import tiny_config
+from .conftest import TINY_MODEL, TINY_TRAIN, tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -40,3 +45,29 @@ def test_workers_on_both_nodes(two_nodes, tiny_data, tmp_path):
     ranks = [json.loads((tmp_path / "2n" / "workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["node_id"] != ranks[1]["node_id"], ranks
     assert {r["node_id"] for r in ranks} == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+@pytest.fixture
+def head_node(ray_session):
+    """A `ray start --head` cluster with the job server on loopback (the session Ray is stopped first)."""
+    stop_ray(ray_session)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run([str(bin_dir / "ray"), "start", "--head", "--num-cpus", "4", "--port", "6390",
+                    "--dashboard-host", "127.0.0.1", "--dashboard-port", "8275", "--disable-usage-stats"],
+                   env=env, check=True, timeout=180, capture_output=True)
+    yield env, bin_dir
+    subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=env, timeout=180, capture_output=True)
+
+
+def test_ray_job_submit_runs_cfgdiff_train(head_node, tiny_data, tmp_path):
+    env, bin_dir = head_node
+    sets = [a for kv in TINY_MODEL + TINY_TRAIN + ["train.checkpoint_every=0"] for a in ("--set", kv)]
+    r = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address", "http://127.0.0.1:8275", "--",
+                        "cfgdiff", "train", "--data", str(tiny_data), "--ray-address", "auto", "--steps", "6",
+                        "--storage", str(tmp_path), "--name", "job", *sets],
+                       env=env, timeout=420, capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "succeeded" in out, out[-2000:]
+    assert "done: 6 steps" in out and (tmp_path / "job" / "export" / "model.safetensors").exists()
