@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from cfgdiff.config import ExperimentConfig, ModelConfig, ScheduleConfig, TrainConfig
@@ -87,3 +90,28 @@ def test_tiny_model_overfits_and_samples_its_images():
     # dense condition, no projection: the network itself must return the images
     res = sample(model, imgs, ones, schedule=sched, steps=20, seed=0, project=False, prediction="v")
     assert psnr(res.x0, imgs, 2.0).min().item() >= 25.0, psnr(res.x0, imgs, 2.0)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_ema_sees_through_compile():
+    """train.compile: torch.compile'd model in the shared train_step (about a minute of compiling on CPU)."""
+    cfg = ExperimentConfig(model=ModelConfig(image_size=(16, 16), dim=16, dim_mults=(1, 2), num_res_blocks=1, heads=2,
+                                             dim_head=8, groups=4), schedule=ScheduleConfig("cosine", 100),
+                           train=TrainConfig(compile=True, warmup_steps=2, max_steps=20, lr=2e-3))
+    torch.manual_seed(0)
+    model = ConditionalUNet(cfg.model)
+    compiled = torch.compile(model)
+    ema = EMA(compiled, 0.5)
+    w0 = model.out_conv.weight.detach().clone()
+    opt, sched = make_optimizer(model, cfg.train), NoiseSchedule.from_config(cfg.schedule)
+    lrs = make_lr_scheduler(opt, cfg.train)
+    x = torch.randn(8, 1, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(12):
+        losses.append(float(train_step(compiled, opt, lrs, sched, x, x, torch.ones(8, 1, 16, 16), cfg, generator=g)["loss"]))
+        ema.update(compiled)
+    assert all(map(math.isfinite, losses)) and set(ema.shadow) == set(model.state_dict())
+    assert not torch.equal(model.out_conv.weight, w0), "the compiled step updated the real parameters"
+    torch.testing.assert_close(ema.shadow["out_conv.weight"].norm(), model.out_conv.weight.norm(), rtol=0.2, atol=0)
+    assert not torch.equal(ema.shadow["out_conv.weight"], w0), "the EMA followed them"
