@@ -74,7 +74,9 @@ def check_data_matches(meta: DatasetMeta, cfg: ExperimentConfig) -> None:
 
 
 def run_paths(job: TrainJob) -> dict[str, str]:
-    root = job.storage.rstrip("/") + "/" + job.run_name
+    """Run directories; local storage is made absolute because Ray Train workers chdir elsewhere."""
+    base = job.storage.rstrip("/") if "://" in job.storage else os.path.abspath(job.storage)
+    root = base + "/" + job.run_name
     return {"run": root, "tb": root + "/tensorboard", "export": root + "/export", "best": root + "/best"}
 
 

@@ -88,3 +88,12 @@ def test_uri_storage_gets_checkpoints_and_export(ray_session, tiny_data, tmp_pat
     assert (run / "export" / "model.safetensors").exists() and list((run / "tensorboard").glob("events.*"))
     assert list(run.glob("step_*/model.safetensors")), "Ray Train persisted the checkpoint to the URI"
     assert cfgdiff.load(str(run / "export")).config.train.max_steps == 6
+
+
+def test_relative_storage_paths_resolve_on_the_driver(ray_session, tiny_data, tmp_path, monkeypatch):
+    """Workers chdir into Ray's session directory; a relative --storage must still land under the driver's cwd."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tiny_data, "train.max_steps=4", "train.checkpoint_every=0")
+    s = run_training(TrainJob(data_dir=str(tiny_data), config=cfg, run_name="rel", storage="runs/rel", workers=1))
+    assert s["export_dir"] == str(tmp_path / "runs" / "rel" / "rel" / "export")
+    assert (tmp_path / "runs" / "rel" / "rel" / "export" / "model.safetensors").exists()
