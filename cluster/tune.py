@@ -124,7 +124,7 @@ def summarize(results, job: TuneJob, out: Path, target: str, mode: str) -> dict:
             continue
         trial = Path(r.path).name
         curve = [(w, m.get(f"{job.metric}_w{w:g}")) for w in job.w_grid]
-        curves[f"{trial[-5:]} p={r.config['p']:.3f}"] = [(w, v) for w, v in curve if v is not None]
+        curves[f"trial {str(m.get('trial_id', trial))[-5:]} p={r.config['p']:.3f}"] = [(w, v) for w, v in curve if v is not None]
         export = out / "trials" / _train_run(r) / "export"
         rows.append({"trial": trial, "p": r.config["p"], "best_w": m.get("best_w"),
                      "psnr": m.get("best_psnr"), "ssim": m.get("best_ssim"), "mae_missing": m.get("best_mae_missing"),
