@@ -31,7 +31,7 @@ import torch
 
 from .config import FORMAT_VERSION
 from .data import META, ArraySource
-from .degrade import degrade, parse_spec
+from .degrade import degrade_raw, parse_spec
 from .errors import InputError
 from .normalize import Normalization, RunningStats
 
@@ -230,13 +230,9 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
                     c = np.where(m.astype(bool), c, np.nan).astype(np.result_type(c.dtype, np.float32))
                 cols["condition"], cols["mask"] = _tensor_col(c), _tensor_col(m)
             elif comps is not None:
-                x_n = t_aff.normalize(torch.from_numpy(x.astype(np.float32)))
-                c_n, m_t = degrade(x_n, comps, seed=opts.seed, index=range(start, stop))
-                dense = (m_t.flatten(1).amax(1) == 0).view(-1, 1, 1, 1)  # sr/noise: no pixel known exactly
-                x_raw = torch.from_numpy(x.astype(np.float32))
-                c = torch.where(dense, t_aff.denormalize(c_n),
-                                torch.where(m_t.bool(), x_raw, torch.full_like(x_raw, float("nan")))).numpy()
-                cols["condition"], cols["mask"] = _tensor_col(c), _tensor_col(m_t.numpy().astype(np.uint8))
+                c, m_t = degrade_raw(torch.from_numpy(x.astype(np.float32)), comps, t_aff, seed=opts.seed,
+                                     index=range(start, stop))
+                cols["condition"], cols["mask"] = _tensor_col(c.numpy()), _tensor_col(m_t.numpy().astype(np.uint8))
             table = pa.table(cols)
             sel = is_val[start:stop]
             for split, rows in (("train", ~sel), ("val", sel)):

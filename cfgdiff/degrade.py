@@ -211,3 +211,19 @@ def degrade(x: torch.Tensor, spec: str | Sequence[Component], seed: int = 0,
             conds.append(xb * m)
             masks.append(m)
     return torch.cat(conds).to(x.device), torch.cat(masks).to(x.device)
+
+
+def degrade_raw(x_raw: torch.Tensor, spec: str | Sequence[Component], affine, seed: int = 0,
+                index: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Degrade clean targets given in user units; ``affine`` is the target's ChannelAffine.
+
+    Degradation happens in normalised units (noise sigma is relative to [-1, 1]). The condition comes
+    back in user units: known pixels are the exact input values and unknown ones NaN for mask-type
+    degradations; dense conditions (sr, noise: mask all zero) are denormalised.
+    """
+    x_raw = x_raw.float()
+    cond_n, mask = degrade(affine.normalize(x_raw), spec, seed=seed, index=index)
+    dense = (mask.flatten(1).amax(1) == 0).view(-1, 1, 1, 1)  # sr/noise: no pixel known exactly
+    cond = torch.where(dense, affine.denormalize(cond_n),
+                       torch.where(mask.bool(), x_raw, torch.full_like(x_raw, float("nan"))))
+    return cond, mask

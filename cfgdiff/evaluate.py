@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .degrade import degrade, parse_spec
+from .degrade import degrade_raw, parse_spec
 from .demo import grf_covariance, kriging
 from .errors import InputError
 from .metrics import coverage, known_error, mae_missing, mean_fill, psnr, rmse_missing, ssim
@@ -97,12 +97,8 @@ def _targets(data: str, split: str, limit: int) -> tuple[np.ndarray, dict | None
 
 
 def _degrade_raw(target: np.ndarray, spec: str, norm: Normalization, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    x_n = norm.target.normalize(torch.from_numpy(target))
-    c_n, m = degrade(x_n, spec, seed=seed)
-    dense = (m.flatten(1).amax(1) == 0).view(-1, 1, 1, 1)
-    cond = torch.where(dense, norm.target.denormalize(c_n), torch.where(m.bool(), torch.from_numpy(target),
-                                                                       torch.tensor(float("nan"))))
-    return cond.numpy(), m.numpy()
+    cond, mask = degrade_raw(torch.from_numpy(target), spec, norm.target, seed=seed)
+    return cond.numpy(), mask.numpy()
 
 
 def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None = None,

@@ -75,17 +75,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ray.init(address=address, **kwargs)
-    _quiet_ray_data()
+    quiet_ray_logs()
     r = ray.cluster_resources()
     return RayInfo(ray.get_runtime_context().gcs_address, embedded, r.get("CPU", 0), r.get("GPU", 0))
 
 
 def quiet_ray_logs() -> None:
     """Turn down Ray Data / Train / Tune chatter in this process (driver, trial or worker)."""
-    _quiet_ray_data()
-
-
-def _quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = False
     ctx.enable_progress_bars = False
