@@ -4,7 +4,8 @@ Two streaming passes over memory-mapped inputs, ``chunk_rows`` rows at a time, s
 bounded by the chunk, not the file:
   1. validate (finite targets, binary masks, known pixels have finite conditions), per-channel
      statistics, source checksums;
-  2. derive masks, degrade if asked, split train/val (seeded) and write zstd Parquet row groups.
+  2. derive masks, degrade if asked, split train/val (seeded) and write Parquet row groups
+     (by default float columns uncompressed, masks and integers lz4; see ``_codecs``).
 Output goes to a temporary sibling directory that is renamed to ``out`` only on success.
 
 Which pixels are known: an explicit mask first; else NaN in the condition; else (with
@@ -30,12 +31,25 @@ import pyarrow.parquet as pq
 import torch
 
 from .config import FORMAT_VERSION
-from .data import META, ArraySource
+from .data import META, ArraySource, tensor_field
 from .degrade import degrade_raw, parse_spec
 from .errors import InputError
 from .normalize import Normalization, RunningStats
 
 Progress = Callable[[str, int, int], None]
+COMPRESSIONS = ("auto", "lz4", "zstd", "none")
+
+
+def _codecs(schema: pa.Schema, compression: str) -> str | dict[str, str]:
+    """Per-column codecs. ``auto``: float tensors uncompressed, everything else (masks, integers) lz4.
+
+    Measured on float32 fields (bench/RESULTS.md): lz4 saves ~0% and zstd ~7%, while reading lz4 costs
+    ~1.2x and zstd ~5x the time of plain bytes; masks and integer images do compress, cheaply with lz4.
+    """
+    if compression != "auto":
+        return compression
+    is_float = lambda f: f.metadata is not None and np.dtype(f.metadata.get(b"cfgdiff.dtype", b"|u1").decode()).kind == "f"
+    return {f.name: "none" if is_float(f) else "lz4" for f in schema}
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class ConvertOptions:
     seed: int = 0  # split and degradation seed
     chunk_rows: int = 4096  # rows per processing chunk (bounds memory)
     row_group_mb: float = 64.0  # target row-group size
+    compression: str = "auto"  # Parquet codec: auto, lz4, zstd or none (see _codecs and bench/RESULTS.md)
     shard_mb: float = 256.0  # target file size
     overwrite: bool = False  # replace an existing output directory
 
@@ -124,19 +139,11 @@ def _pass1(target, cond, mask, opts, progress) -> tuple[RunningStats | None, Run
     return t_stats, c_stats, ",".join(sorted(mask_kinds)) or "targets-only"
 
 
-def _tensor_col(a: np.ndarray) -> pa.Array:
-    a = np.ascontiguousarray(a)
-    standard = tuple(int(np.prod(a.shape[i + 1:])) * a.itemsize for i in range(a.ndim))
-    if a.strides != standard:  # size-1 axes from a[:, None] may carry 0 strides that Arrow rejects
-        a = a.copy()
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(a)
-
-
 class _SplitWriter:
     """Streams row groups into part-XXXXX.parquet files of about ``shard_rows`` rows."""
 
-    def __init__(self, directory: Path, row_group_rows: int, shard_rows: int):
-        self.dir, self.rg, self.shard_rows = directory, row_group_rows, shard_rows
+    def __init__(self, directory: Path, row_group_rows: int, shard_rows: int, compression: str):
+        self.dir, self.rg, self.shard_rows, self.compression = directory, row_group_rows, shard_rows, compression
         directory.mkdir(parents=True)
         self.writer, self.rows_in_file, self.files, self.count = None, 0, 0, 0
         self.pending: list[pa.Table] = []
@@ -149,11 +156,11 @@ class _SplitWriter:
             self._flush(self.rg)
 
     def _flush(self, n: int) -> None:
-        t = pa.concat_tables(self.pending).combine_chunks()
+        t = pa.concat_tables(self.pending)  # zero-copy: the writer takes chunked columns as they are
         head, tail = t.slice(0, n), t.slice(n)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.dir / f"part-{self.files:05d}.parquet", head.schema,
-                                           compression="zstd")
+                                           compression=_codecs(head.schema, self.compression), use_dictionary=False)
             self.files += 1
         self.writer.write_table(head, row_group_size=n)
         self.rows_in_file += n
@@ -168,6 +175,15 @@ class _SplitWriter:
             self._flush(self.pending_rows)
         if self.writer is not None:
             self.writer.close()
+
+
+def _table(cols: dict) -> pa.Table:
+    fields, arrays = [pa.field("index", pa.int64(), nullable=False)], [cols.pop("index")]
+    for name, a in cols.items():
+        f, arr = tensor_field(name, a)
+        fields.append(f)
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOptions = ConvertOptions(),
@@ -187,6 +203,8 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
         raise InputError("--mask needs --condition (a mask says which condition pixels are known)")
     if not 0.0 <= opts.val_fraction < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {opts.val_fraction}")
+    if opts.compression not in COMPRESSIONS:
+        raise InputError(f"--compression {opts.compression!r}: expected one of {', '.join(COMPRESSIONS)}")
     if opts.chunk_rows < 1:
         raise InputError(f"chunk_rows must be >= 1, got {opts.chunk_rows}")
     comps = parse_spec(opts.degrade) if opts.degrade else None
@@ -215,25 +233,24 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        writers = {"train": _SplitWriter(tmp / "train", rg_rows, shard_rows),
-                   "val": _SplitWriter(tmp / "val", rg_rows, shard_rows)}
+        writers = {s: _SplitWriter(tmp / s, rg_rows, shard_rows, opts.compression) for s in ("train", "val")}
         for start in range(0, N, opts.chunk_rows):
             stop = min(N, start + opts.chunk_rows)
             cols = {"index": pa.array(np.arange(start, stop, dtype=np.int64))}
             if target is not None:
                 x = target.read(start, stop)
-                cols["target"] = _tensor_col(x)
+                cols["target"] = x
             if cond is not None:
                 c = cond.read(start, stop)
                 m = _mask_for(c, mask.read(start, stop) if mask else None, opts, "")
                 if Cc == C and m.any():
                     c = np.where(m.astype(bool), c, np.nan).astype(np.result_type(c.dtype, np.float32))
-                cols["condition"], cols["mask"] = _tensor_col(c), _tensor_col(m)
+                cols["condition"], cols["mask"] = c, m
             elif comps is not None:
                 c, m_t = degrade_raw(torch.from_numpy(x.astype(np.float32)), comps, t_aff, seed=opts.seed,
                                      index=range(start, stop))
-                cols["condition"], cols["mask"] = _tensor_col(c.numpy()), _tensor_col(m_t.numpy().astype(np.uint8))
-            table = pa.table(cols)
+                cols["condition"], cols["mask"] = c.numpy(), m_t.numpy().astype(np.uint8)
+            table = _table(cols)
             sel = is_val[start:stop]
             for split, rows in (("train", ~sel), ("val", sel)):
                 if rows.any():
@@ -249,7 +266,7 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
                        ("float32" if comps else None)},
             "normalization": norm.to_dict(),
             "counts": {"total": N, "train": writers["train"].count, "val": writers["val"].count},
-            "val_fraction": opts.val_fraction, "seed": opts.seed,
+            "compression": opts.compression, "val_fraction": opts.val_fraction, "seed": opts.seed,
             "mask_source": "degrade" if comps else mask_source, "degrade": opts.degrade,
             "sources": {"target": target.sources() if target else None,
                         "condition": cond.sources() if cond else None, "mask": mask.sources() if mask else None},

@@ -6,8 +6,9 @@ Parquet layout written by ``cfgdiff convert`` (see convert.py)::
     DIR/train/part-00000.parquet     columns: index int64, target, [condition], [mask]
     DIR/val/part-00000.parquet
 
-``target``/``condition`` are native Arrow fixed-shape tensors (C, H, W) in the source's units and
-dtype (NaN in ``condition`` = unknown); ``mask`` is uint8 (1, H, W), 1 = known.
+``target``/``condition``/``mask`` hold one (C, H, W) tensor per row as a fixed-length binary cell
+(``tensor_field``; shape and dtype in the field metadata), in the source's units and dtype (NaN in
+``condition`` = unknown); ``mask`` is uint8 (1, H, W), 1 = known.
 ``decode_batch`` turns such columns into normalised float32 tensors for the model.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import mmap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,43 +196,108 @@ class DatasetMeta:
         return int(self.doc["counts"][split])
 
 
-# --- decoding ---------------------------------------------------------------------------------------
+# --- encoding and decoding ------------------------------------------------------------------------
+SHAPE_KEY, DTYPE_KEY = b"cfgdiff.shape", b"cfgdiff.dtype"
+
+
+def tensor_field(name: str, a: np.ndarray) -> tuple[pa.Field, pa.Array]:
+    """(n, C, H, W) numpy -> one fixed-length binary cell per row, zero-copy.
+
+    Each cell holds one C-order (C, H, W) tensor; its shape and dtype are in the field metadata.
+    Parquet stores Arrow's list-based fixed_shape_tensor with a repetition level per element, which
+    reads ~5-10x slower than these flat cells (bench/RESULTS.md), and training reads every row every epoch.
+    """
+    a = np.ascontiguousarray(a)
+    cell = a[0].nbytes if len(a) else int(np.prod(a.shape[1:])) * a.itemsize
+    arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(cell), len(a), [None, pa.py_buffer(a)])
+    meta = {SHAPE_KEY: json.dumps(list(a.shape[1:])).encode(), DTYPE_KEY: a.dtype.str.encode()}
+    return pa.field(name, pa.binary(cell), nullable=False, metadata=meta), arr
+
+
+def _column_to_numpy(field: pa.Field, col: pa.Array) -> np.ndarray:
+    md = field.metadata or {}
+    if pa.types.is_fixed_size_binary(col.type) and SHAPE_KEY in md:
+        shape, dtype = json.loads(md[SHAPE_KEY]), np.dtype(md[DTYPE_KEY].decode())
+        width = col.type.byte_width
+        flat = np.frombuffer(col.buffers()[1], np.uint8, count=len(col) * width, offset=col.offset * width)
+        return flat.view(dtype).reshape(len(col), *shape)  # zero-copy, read-only
+    if isinstance(col.type, pa.FixedShapeTensorType):  # datasets written before the flat cells
+        return col.to_numpy_ndarray()
+    return col.to_numpy()
+
+
 def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
-    """Arrow table with fixed-shape tensor columns -> dict of numpy arrays (N, ...)."""
-    out = {}
-    for name in table.column_names:
-        col = table.column(name).combine_chunks()
-        out[name] = col.to_numpy_ndarray() if isinstance(col.type, pa.FixedShapeTensorType) else col.to_numpy()
-    return out
+    """Arrow table (as written by ``cfgdiff convert``) -> dict of numpy arrays (N, ...), zero-copy where possible."""
+    return {f.name: _column_to_numpy(f, table.column(f.name).combine_chunks()) for f in table.schema}
 
 
-def decode_batch(batch: dict[str, np.ndarray], norm: Normalization, device: str | torch.device = "cpu"
+def as_numpy_batch(batch: pa.Table | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data hands batches as Arrow tables (``batch_format="pyarrow"``); local readers as numpy dicts."""
+    return table_to_numpy(batch) if isinstance(batch, pa.Table) else batch
+
+
+def decode_batch(batch: pa.Table | dict[str, np.ndarray], norm: Normalization, device: str | torch.device = "cpu"
                  ) -> dict[str, torch.Tensor]:
     """Raw columns -> model tensors: x0 (B, C, H, W) and, when present, cond (B, C_c, H, W) and mask.
 
-    Normalises with the dataset's statistics; unknown (NaN) condition values become 0.
+    Normalises with the dataset's statistics; unknown (NaN) condition values become 0. Each column
+    is copied once (Arrow buffers are read-only) and then normalised in place.
     """
+    batch = as_numpy_batch(batch)
     out = {"index": torch.tensor(np.asarray(batch["index"], dtype=np.int64))}
     if "target" in batch:
-        out["x0"] = norm.target.normalize(torch.tensor(np.asarray(batch["target"]), dtype=torch.float32)).to(device)
+        out["x0"] = norm.target.normalize_numpy(batch["target"]).to(device)
     if "condition" in batch:
-        c = norm.condition.normalize(torch.tensor(np.asarray(batch["condition"]), dtype=torch.float32))
-        out["cond"] = torch.nan_to_num(c, nan=0.0).to(device)
+        c = norm.condition.normalize_numpy(batch["condition"])
+        out["cond"] = torch.nan_to_num_(c, nan=0.0).to(device)
     if "mask" in batch:
         out["mask"] = torch.tensor(np.asarray(batch["mask"]), dtype=torch.float32).to(device)
     return out
 
 
+def _row_groups(files: list[Path], columns: list[str] | None) -> Iterator[dict[str, np.ndarray]]:
+    for f in files:
+        pf = pq.ParquetFile(f, memory_map=True)
+        for i in range(pf.num_row_groups):
+            yield table_to_numpy(pf.read_row_group(i, columns=columns))
+
+
 def iter_parquet_batches(split_dir: str | Path, batch_size: int, columns: list[str] | None = None
                          ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray-free local reader: stream raw numpy batches from every shard of a split, in file order."""
+    """Ray-free local reader: raw numpy batches of exactly ``batch_size`` rows (the last may be
+    shorter) from every shard of a split, in file order.
+
+    Whole row groups are decoded one ahead on a background thread: pyarrow decompresses without the
+    GIL, so reading the next group overlaps the consumer's work on this one. Batches are slices
+    (views) of the decoded group; one spanning two groups is concatenated.
+    """
     files = sorted(Path(split_dir).glob("*.parquet"))
     if not files:
         raise InputError(f"{split_dir}: no Parquet shards")
-    for f in files:
-        pf = pq.ParquetFile(f)
-        for rb in pf.iter_batches(batch_size=batch_size, columns=columns):
-            yield table_to_numpy(pa.Table.from_batches([rb]))
+    groups = _row_groups(files, columns)
+    carry: dict[str, np.ndarray] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="cfgdiff-read") as pool:
+        pending = pool.submit(next, groups, None)
+        while True:
+            group = pending.result()
+            if group is None:
+                break
+            pending = pool.submit(next, groups, None)
+            n, i = len(group["index"]), 0
+            if carry is not None:  # complete the batch left over from the previous group
+                i = min(batch_size - len(carry["index"]), n)
+                carry = {k: np.concatenate([carry[k], v[:i]]) for k, v in group.items()}
+                if len(carry["index"]) < batch_size:
+                    continue
+                yield carry
+                carry = None
+            while i + batch_size <= n:
+                yield {k: v[i:i + batch_size] for k, v in group.items()}
+                i += batch_size
+            if i < n:
+                carry = {k: v[i:] for k, v in group.items()}
+    if carry is not None:
+        yield carry
 
 
 def read_split(split_dir: str | Path, limit: int | None = None) -> dict[str, np.ndarray]:

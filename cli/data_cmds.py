@@ -23,10 +23,13 @@ from .common import Progress
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Held-out fraction (seeded split).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--chunk-rows", type=int, default=4096, show_default=True, help="Rows per chunk (bounds memory).")
+@click.option("--compression", type=click.Choice(["auto", "lz4", "zstd", "none"]), default="auto", show_default=True,
+              help="Parquet codec. auto: float fields uncompressed (zstd saves ~7% on them but reads ~5x slower), "
+                   "masks and integer data lz4.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.pass_context
 def convert_cmd(ctx, target, condition, mask, degrade, out, layout, mask_from_zeros, normalization, val_fraction,
-                seed, chunk_rows, overwrite):
+                seed, chunk_rows, compression, overwrite):
     """Convert paired numpy arrays to sharded Parquet for training and inference.
 
     TARGET is the clean array: .npy (memory-mapped), FILE.npz[:KEY], or a directory of .npy shards,
@@ -37,7 +40,7 @@ def convert_cmd(ctx, target, condition, mask, degrade, out, layout, mask_from_ze
     quiet = ctx.obj.get("verbose") is False
     opts = ConvertOptions(condition=condition, mask=mask, degrade=degrade, layout=layout,
                           mask_from_zeros=mask_from_zeros, normalization=normalization, val_fraction=val_fraction,
-                          seed=seed, chunk_rows=chunk_rows, overwrite=overwrite)
+                          seed=seed, chunk_rows=chunk_rows, compression=compression, overwrite=overwrite)
     bars = {"scan": Progress("scan ", not quiet), "write": Progress("write", not quiet)}
     meta = convert(target, out, opts, progress=lambda phase, done, total: bars[phase](done, total))
     c = meta["counts"]

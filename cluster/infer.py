@@ -29,7 +29,7 @@ from cfgdiff.api import finalize, prepare_inputs, reconstruct_normalized
 from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
 from cfgdiff.config import SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
-from cfgdiff.data import META, DatasetMeta, read_split
+from cfgdiff.data import META, DatasetMeta, as_numpy_batch, read_split
 from cfgdiff.errors import InputError
 from cfgdiff.metrics import coverage, known_error, mae_missing, psnr, ssim, std_error_correlation
 from cfgdiff.schedule import NoiseSchedule
@@ -141,7 +141,8 @@ class Inpainter:
         self.K, self.seed, self.degrade, self.fail = num_samples, seed, degrade, fail_once_marker
         self.model_batch = model_batch
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        batch = as_numpy_batch(batch)  # the flat tensor cells, zero-copy
         if self.fail and not os.path.exists(self.fail):
             Path(self.fail).write_text("died once")
             os._exit(1)  # test hook: the actor dies mid-batch, once
@@ -211,7 +212,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
         Inpainter, fn_constructor_kwargs=dict(ckpt_files_ref=[ref], sampler=sampler, num_samples=K, seed=job.seed,
                                               degrade=meta.doc.get("degrade"), threads=job.threads_per_actor,
                                               fail_once_marker=job.fail_once_marker, model_batch=job.model_batch),
-        batch_size=job.batch_size, compute=ray.data.ActorPoolStrategy(size=job.actors),
+        batch_size=job.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=job.actors),
         num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None)  # Ray Data restarts dead actors and retries
     rec = np.lib.format.open_memmap(tmp / "rec.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W))
     std = np.lib.format.open_memmap(tmp / "std.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W)) if K > 1 else None

@@ -89,8 +89,11 @@ def test_degrade_spec_at_convert_and_metadata(tmp_path):
 def test_streaming_reader_batches(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((50, 4, 4), np.float32))
     convert(str(tmp_path / "x.npy"), tmp_path / "o", ConvertOptions(val_fraction=0.0, row_group_mb=0.0001))
-    sizes = [len(b["index"]) for b in iter_parquet_batches(tmp_path / "o" / "train", batch_size=16)]
-    assert sum(sizes) == 50 and max(sizes) <= 16
+    batches = list(iter_parquet_batches(tmp_path / "o" / "train", batch_size=16))  # many tiny row groups
+    assert [len(b["index"]) for b in batches] == [16, 16, 16, 2]
+    assert np.array_equal(np.concatenate([b["index"] for b in batches]), np.arange(50))
+    first = next(iter_parquet_batches(tmp_path / "o" / "train", batch_size=64))  # an early stop is clean
+    assert len(first["index"]) == 50
 
 
 BAD = {
@@ -151,3 +154,46 @@ def test_normalization_records_data_range_for_x0_clipping(tmp_path):
             torch.testing.assert_close(lo.flatten(), torch.tensor([-1.0]), atol=1e-6, rtol=0)
         else:
             assert abs(float(n.std()) - 1) < 0.01 and float(hi) > 2.5
+
+
+@pytest.mark.parametrize("codec", ["auto", "lz4", "zstd", "none"])
+def test_every_codec_round_trips_and_arrow_tables_decode_like_numpy(tmp_path, codec):
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(3).normal(size=(30, 2, 4, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    meta = convert(str(tmp_path / "x.npy"), tmp_path / "o", ConvertOptions(val_fraction=0.0, degrade="drop:0.5",
+                                                                           compression=codec))
+    assert meta["compression"] == codec
+    f = next((tmp_path / "o" / "train").glob("*.parquet"))
+    rg = pq.ParquetFile(f).metadata.row_group(0)
+    used = {rg.column(i).path_in_schema: rg.column(i).compression.lower() for i in range(rg.num_columns)}
+    want = {"auto": {"index": "lz4", "target": "uncompressed", "condition": "uncompressed", "mask": "lz4"},
+            "none": dict.fromkeys(used, "uncompressed")}.get(codec, dict.fromkeys(used, codec))
+    assert used == want
+    table = pq.read_table(f)  # what Ray Data hands a batch_format="pyarrow" consumer
+    assert table.schema.field("target").metadata[b"cfgdiff.shape"] == b"[2, 4, 6]"
+    norm = DatasetMeta.load(tmp_path / "o").normalization
+    a, b = decode_batch(table, norm), decode_batch(read_split(tmp_path / "o" / "train"), norm)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert np.array_equal(read_split(tmp_path / "o" / "train")["target"], x)
+
+
+def test_datasets_with_arrow_fixed_shape_tensor_columns_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cfgdiff.data import table_to_numpy
+
+    x = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 1, 3, 4)
+    t = pa.table({"index": pa.array(np.arange(5)), "target": pa.FixedShapeTensorArray.from_numpy_ndarray(x)})
+    pq.write_table(t, tmp_path / "old.parquet")
+    got = table_to_numpy(pq.read_table(tmp_path / "old.parquet"))
+    assert np.array_equal(got["target"], x)
+
+
+def test_unknown_codec_is_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 8, 8), np.float32))
+    with pytest.raises(InputError, match="--compression 'brotli'"):
+        convert(str(tmp_path / "x.npy"), tmp_path / "o", ConvertOptions(compression="brotli"))
+    assert not (tmp_path / "o").exists()
