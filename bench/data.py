@@ -97,7 +97,7 @@ def _reads(d: Path, n: int, with_ray: bool) -> list[dict]:
         return sum(len(decode_batch(b, norm)["x0"]) for split in ("train", "val")
                    for b in iter_parquet_batches(m.split_dir(split), 256))
 
-    for label, root in (("lz4, default", d / f"ds{n}"), ("zstd", d / "zstd")):
+    for label, root in (("default codec: floats uncompressed", d / f"ds{n}"), ("zstd", d / "zstd")):
         t = _best(lambda: local(root))
         rows.append({"reader": f"cfgdiff local reader ({label}; decoded)", "samples/s": n / t, "ratio to np.load": t_np / t})
     if with_ray:
@@ -112,7 +112,7 @@ def _reads(d: Path, n: int, with_ray: bool) -> list[dict]:
                 it = lambda: sum(len(decode_batch(b, norm)["x0"])
                                  for b in dset.iter_batches(batch_size=256, batch_format="pyarrow"))
                 t = _best(it, repeats=2)
-                rows.append({"reader": label + " (lz4; decoded)", "samples/s": n / t, "ratio to np.load": t_np / t})
+                rows.append({"reader": label + " (decoded)", "samples/s": n / t, "ratio to np.load": t_np / t})
         finally:
             stop_ray(info)
     return rows

@@ -142,6 +142,7 @@ class Inpainter:
         self.model_batch = model_batch
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        t_start = time.time()
         batch = as_numpy_batch(batch)  # the flat tensor cells, zero-copy
         if self.fail and not os.path.exists(self.fail):
             Path(self.fail).write_text("died once")
@@ -164,6 +165,7 @@ class Inpainter:
         if "target" in batch:
             out.update(_row_metrics(torch.from_numpy(out["reconstruction"]), torch.from_numpy(std), batch, norm,
                                     mask_t, self.K))
+        out["batch_t0"], out["batch_t1"] = np.full(len(mean), t_start), np.full(len(mean), time.time())
         return out
 
 
@@ -205,7 +207,9 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
     N = len(index)
     C, (H, W), K = ckpt.config.model.in_channels, ckpt.config.model.image_size, job.num_samples
     ds = ray.data.read_parquet([str(d) for d in dirs]) if len(dirs) > 1 else ray.data.read_parquet(str(dirs[0]))
-    ds = ds.repartition(target_num_rows_per_block=max(job.batch_size, -(-N // (4 * job.actors))))
+    # one block per actor batch: sampling costs seconds per batch, so per-block overhead is nothing, and
+    # small blocks deal the work out evenly and get every actor going at once
+    ds = ds.repartition(target_num_rows_per_block=job.batch_size)
     ref = ray.put(_ckpt_files(job.checkpoint))
     sampler = dict(job.sampler.__dict__)
     ds = ds.map_batches(
@@ -220,10 +224,9 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
     seen = np.zeros(N, np.int64)
     metric_sums: dict[str, float] = {}
     metric_counts: dict[str, int] = {}
-    calls, t0, done, t_first, first_rows = 0, time.time(), 0, None, 0
+    calls, t0, done, t_work = 0, time.time(), 0, [np.inf, -np.inf]
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        if t_first is None:  # actors are up and sampling: what follows is the steady state
-            t_first, first_rows = time.time(), len(b["index"])
+        t_work = [min(t_work[0], float(b["batch_t0"].min())), max(t_work[1], float(b["batch_t1"].max()))]
         pos = np.searchsorted(index, b["index"])
         rec[pos] = b["reconstruction"]
         if K > 1:
@@ -244,9 +247,10 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
                            f"{int((seen > 1).sum())} duplicated")
     metrics = {k: metric_sums[k] / max(metric_counts[k], 1) for k in metric_sums}
     _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics)
-    steady = (N - first_rows) / max(time.time() - t_first, 1e-9) if t_first is not None and N > first_rows else None
+    # steady state: from the first batch an actor started to the last it finished (actor start-up excluded)
+    steady = N / max(t_work[1] - t_work[0], 1e-9) if N else None
     return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "steady_images_per_s": steady,
-            "startup_s": (t_first - t0) if t_first is not None else None, "model_calls_per_image": calls,
+            "startup_s": (t_work[0] - t0) if N else None, "model_calls_per_image": calls,
             "metrics": metrics, "outputs": [str(p) for p in _outputs(job) if p.exists()]}
 
 
