@@ -75,7 +75,8 @@ def run(steps: int = 60) -> str:
     return (table(rows, cols) + note +
             table(irows, ["setup", "rows", "img/s", "ratio to 1 actor", "start-up s", "steady img/s", "steady ratio"]) +
             "\n\nimg/s: rows / wall time of the whole run, actor start-up (process, torch import, model load) "
-            "included. steady: rows after the first output batch / time after it.\n")
+            "included. start-up s: until the first actor starts its first batch. steady: rows / time from the first "
+            "batch any actor started to the last one finished (what a long run converges to).\n")
 
 
 def _in_process(export: str, ds: Path, sampler) -> dict:

@@ -83,6 +83,18 @@ class FixedBatch:
         return torch.cat(out)[:B]
 
 
+class Autocast:
+    """The network under bf16 autocast; the sampler's own arithmetic stays fp32 (``guided_output``
+    casts the network's output to float)."""
+
+    def __init__(self, model, device_type: str):
+        self.model, self.device_type = model, device_type
+
+    def __call__(self, *args):
+        with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
+            return self.model(*args)
+
+
 def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, mask: torch.Tensor,
                            known: torch.Tensor | None, index: Sequence[int], sampler: SamplerConfig, *,
                            in_channels: int, prediction: str, num_samples: int = 1, seed: int = 0,
@@ -94,6 +106,8 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
     runs on fixed-size chunks (``FixedBatch``), so on CPU the output is bit-identical for any batch
     size or worker count.
     """
+    if sampler.precision == "bf16":
+        model = Autocast(model, cond.device.type)
     if model_batch > 0:
         model = FixedBatch(model, model_batch)
     N, _, H, W = cond.shape
@@ -142,7 +156,8 @@ class Reconstructor:
     def reconstruct(self, cond: np.ndarray, mask: np.ndarray | None = None, *, steps: int | None = None,
                     w: float | None = None, num_samples: int = 1, seed: int = 0, method: str | None = None,
                     eta: float | None = None, resample: tuple[int, int] | None = None,
-                    degrade_spec: str | None = None, batch_size: int = 64, model_batch: int = 8) -> Reconstruction:
+                    degrade_spec: str | None = None, batch_size: int = 64, model_batch: int = 8,
+                    precision: str | None = None) -> Reconstruction:
         """Reconstruct from ``cond`` (N[, C_c], H, W), NaN = unknown, and optional ``mask`` (1 = known)."""
         mc = self.ckpt.config.model
         cond_raw = as_nchw(cond, mc.cond_channels, "cond")
@@ -154,7 +169,8 @@ class Reconstructor:
             raise InputError(f"num_samples must be >= 1, got {num_samples}")
         s = self.ckpt.config.sampler
         s = replace(s, steps=steps or s.steps, w=s.w if w is None else w, method=method or s.method,
-                    eta=s.eta if eta is None else eta, resample=resample if resample is not None else s.resample)
+                    eta=s.eta if eta is None else eta, resample=resample if resample is not None else s.resample,
+                    precision=precision or s.precision)
         cond_n, mask_t, known = prepare_inputs(cond_raw, mask_a, self.ckpt.normalization, mc.in_channels)
         outs, calls = [], 0
         for a in range(0, len(cond_raw), batch_size):

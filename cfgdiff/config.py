@@ -92,10 +92,12 @@ class SamplerConfig:
     w: float = 1.0  # guidance: eps_u + w (eps_c - eps_u); 0 uncond, 1 cond
     resample: tuple[int, int] | None = None  # RePaint (jump length j, resamplings r)
     clip_x0: bool = True  # clamp x0 predictions to [-1, 1] (min/max-normalised data)
+    precision: Literal["fp32", "bf16"] = "fp32"  # network under bf16 autocast (CPU AMX / GPU); sampler math in fp32
 
     def __post_init__(self):
         import math
 
+        _check(self.precision in ("fp32", "bf16"), f"sampler.precision must be fp32 or bf16, got {self.precision!r}")
         _check(self.method in ("ddim", "ddpm"), f"sampler.method must be ddim or ddpm, got {self.method!r}")
         _check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
         _check(0.0 <= self.eta <= 1.0, f"sampler.eta must be in [0, 1], got {self.eta}")

@@ -46,13 +46,15 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
 @click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")
 @click.option("--resample", default=None, metavar="J,R", help="RePaint jump length and resamplings.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Network precision: bf16 autocast on CPUs with AMX or on GPUs (default: checkpoint's, fp32).")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="K samples per row (mean and std maps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--from-tune", type=click.Path(), help="Use best.json of a `cfgdiff tune` directory (checkpoint, w).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.pass_context
 def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, actors, gpus_per_actor,
-              threads_per_actor, batch_size, model_batch, method, steps, eta, w, resample, num_samples, seed,
+              threads_per_actor, batch_size, model_batch, method, steps, eta, w, resample, precision, num_samples, seed,
               from_tune, overwrite):
     """Reconstruct a batch of observations in parallel on Ray actors (CHECKPOINT or --from-tune)."""
     from cluster.infer import InferJob, run_inference
@@ -72,7 +74,7 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
     try:
         sampler = SamplerConfig(method=method or s.method, steps=steps or s.steps, eta=s.eta if eta is None else eta,
                                 w=s.w if w is None else w, resample=parse_resample(resample) or s.resample,
-                                clip_x0=s.clip_x0)
+                                clip_x0=s.clip_x0, precision=precision or s.precision)
     except ValueError as e:
         raise InputError(str(e)) from None
     if sampler.steps > ck.config.schedule.num_timesteps:

@@ -106,6 +106,7 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
                 echo(f"  p={r['p']:.2f}: best w={r['best_w']}, PSNR {r['psnr']:.2f} dB after {r['steps']} steps")
             echo(f"best p={tune_best['p']:.2f}, w={tune_best['w']} ({time.time() - t:.0f} s); "
                  f"plot {out / 'tune' / 'metric_vs_w.png'}")
+            best_w = float(tune_best["w"])  # the search over trials beats one run's 16-row validation
 
         t = _stage(echo, f"5/6 infer on Ray actors (2 actors, DDIM {plan.infer_steps} steps, w={best_w:g}, "
                          f"K={plan.infer_samples} samples)")

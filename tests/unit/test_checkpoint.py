@@ -104,3 +104,27 @@ def test_python_api_reconstruct_returns_user_units(tmp_path):
     assert np.all(out.std[:, 0][known] == 0) and np.mean(out.std[:, 0][~known] > 0) > 0.5
     again = rec.reconstruct(cond, steps=3, w=1.5, num_samples=2, seed=1, batch_size=2)
     assert np.array_equal(again.samples, out.samples), "batch size does not change the result"
+
+
+def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close_to_fp32(tmp_path):
+    import numpy as np
+
+    from cfgdiff.api import Autocast
+
+    m, path = _ckpt(tmp_path)
+    seen = []
+    net = Autocast(lambda x, t, c, mk: seen.append(torch.get_autocast_dtype("cpu")) or m(x, t, c, mk), "cpu")
+    with torch.no_grad():
+        y16 = net(torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.randn(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
+    assert seen == [torch.bfloat16] and torch.is_autocast_enabled("cpu") is False and y16.shape == (2, 1, 8, 8)
+    rec = cfgdiff.load(str(path))
+    cond = np.random.default_rng(0).uniform(-1.5, 2.5, (3, 8, 8)).astype(np.float32)
+    cond[:, 2:5, 2:5] = np.nan
+    a = rec.reconstruct(cond, steps=4, w=1.5, seed=1)
+    b = rec.reconstruct(cond, steps=4, w=1.5, seed=1, precision="bf16")
+    assert not np.array_equal(a.mean, b.mean), "bf16 really ran"
+    assert np.abs(a.mean - b.mean).max() < 0.1 * (np.nanmax(cond) - np.nanmin(cond))
+    known = ~np.isnan(cond)
+    assert np.array_equal(b.mean[:, 0][known], cond[known])
+    with pytest.raises(ValueError, match="sampler.precision"):
+        ExperimentConfig.from_dict({"sampler": {"precision": "fp8"}})
