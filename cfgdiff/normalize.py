@@ -6,6 +6,7 @@ uses offset = mean, scale = std. Statistics come from one streaming pass (``Runn
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,12 +36,17 @@ class ChannelAffine:
         Same float32 arithmetic as ``normalize``, but in numpy: single-threaded, so it does not fight the
         reader's prefetch thread for the cores the way torch's OpenMP element-wise kernels do.
         """
-        shape = (1, -1, 1, 1)
-        out = np.empty(a.shape, np.float32)
-        out[...] = a  # the one copy out of the read-only Arrow buffer (and the dtype cast)
-        out -= np.asarray(self.offset, np.float64).astype(np.float32).reshape(shape)
-        out /= np.asarray(self.scale, np.float64).astype(np.float32).reshape(shape)
+        o, s = self._np
+        out = a.astype(np.float32)  # the one copy out of the read-only Arrow buffer (and the dtype cast)
+        np.subtract(out, o, out=out)
+        np.divide(out, s, out=out)
         return torch.from_numpy(out)
+
+    @functools.cached_property
+    def _np(self) -> tuple[np.ndarray, np.ndarray]:
+        shape = (1, -1, 1, 1)
+        return (np.asarray(self.offset, np.float64).astype(np.float32).reshape(shape),
+                np.asarray(self.scale, np.float64).astype(np.float32).reshape(shape))
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         o, s = self._t(x)
