@@ -93,6 +93,9 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
     click.echo(f"{r['rows']} rows in {r['seconds']:.1f} s = {r['images_per_s']:.2f} images/s on "
                f"{actors} actor(s) ({'embedded Ray' if info.embedded else info.address}); "
                f"{r['model_calls_per_image']} model calls per image")
+    if r["steady_images_per_s"]:
+        click.echo(f"actors started sampling after {r['startup_s']:.1f} s; steady state {r['steady_images_per_s']:.2f} "
+                   "images/s (first batch started to last batch finished)")
     if r["metrics"]:
         click.echo("metrics: " + fmt_metrics(r["metrics"]))
     click.echo("outputs: " + ", ".join(r["outputs"]))

@@ -30,7 +30,7 @@ def test_cli_train_info_infer(ray_session, tiny_data, tmp_path, capsys):
     code, out, err = run(["--quiet", "infer", str(export), "--input", str(tiny_data), "--out", str(tmp_path / "r.npy"),
                           "--steps", "2", "--actors", "2", "--num-samples", "2"], capsys)
     assert code == 0, err
-    assert "32 rows" in out and "images/s" in out and "model calls per image" in out
+    assert "32 rows" in out and "images/s" in out and "model calls per image" in out and "steady state" in out
     m = json.loads((tmp_path / "r.metrics.json").read_text())["metrics"]
     assert {"psnr", "ssim", "mae_missing", "known_error", "coverage_2std", "std_error_corr"} <= set(m)
     code, _, err = run(["infer", str(export), "--input", str(tiny_data), "--out", str(tmp_path / "r.npy")], capsys)

@@ -22,6 +22,8 @@ def test_one_and_two_actors_identical_in_input_order(ray_session, tiny_data, tin
     b = run_inference(InferJob(tiny_checkpoint, str(tiny_data), str(tmp_path / "b.parquet"), actors=2, batch_size=5,
                                sampler=S, seed=3))
     assert a["rows"] == b["rows"] == 32
+    for r in (a, b):  # the steady window (actors' own batch timestamps) lies inside the whole run
+        assert r["steady_images_per_s"] >= r["images_per_s"] > 0 and 0 <= r["startup_s"] < r["seconds"]
     ra = np.load(tmp_path / "a.npy")
     t = pq.read_table(tmp_path / "b.parquet")
     idx = t.column("index").to_numpy()
