@@ -66,8 +66,6 @@ def _best(fn, repeats: int = 3) -> float:
 
 
 def _reads(d: Path, n: int, with_ray: bool) -> list[dict]:
-    import torch
-
     from cfgdiff.convert import ConvertOptions, convert
     from cfgdiff.data import DatasetMeta, decode_batch, iter_parquet_batches
 
@@ -75,13 +73,12 @@ def _reads(d: Path, n: int, with_ray: bool) -> list[dict]:
     convert(str(src), d / "zstd", ConvertOptions(val_fraction=0.1, compression="zstd"))
     meta = DatasetMeta.load(d / f"ds{n}")
     norm = meta.normalization
-    o, s = (torch.tensor(v).view(1, -1, 1, 1) for v in (norm.target.offset, norm.target.scale))
 
     def np_load(decode: bool) -> int:
         a = np.load(src)
         for i in range(0, len(a), 256):
             if decode:  # the same work the readers do: a normalised float32 tensor per batch
-                torch.tensor(a[i:i + 256]).sub_(o).div_(s)
+                norm.target.normalize_numpy(a[i:i + 256])
             else:
                 a[i:i + 256].sum()
         return len(a)

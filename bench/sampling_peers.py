@@ -43,7 +43,6 @@ def run(batch: int = 16, steps: int = 50, w: float = 2.0, precision: str = "fp32
     ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     rows = []
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 1000))
-    n_ours = 0
     for name, cfg in (("cfgdiff concat-only", ModelConfig(use_control_add=False, use_cross_attn=False)),
                       ("cfgdiff full", ModelConfig())):
         m = ConditionalUNet(cfg).eval().to(memory_format=torch.channels_last)
@@ -52,7 +51,7 @@ def run(batch: int = 16, steps: int = 50, w: float = 2.0, precision: str = "fp32
             with torch.no_grad():
                 s = timeit(lambda: sample(net, cond, mask, schedule=sched, steps=steps, w=w, seed=0), repeat=2, warmup=1)
             rows.append({"sampler": f"{name}: DDIM-{steps}, batched CFG, {prec}", "img/s": batch / s})
-            n_ours += 1
+    n_ours = len(rows)
     _stub_torchvision()
     try:
         from denoising_diffusion_pytorch import GaussianDiffusion, Unet

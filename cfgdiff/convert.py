@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .config import FORMAT_VERSION
-from .data import META, ArraySource, tensor_field
+from .data import META, ArraySource, cell_dtype, tensor_field
 from .degrade import degrade_raw, parse_spec
 from .errors import InputError
 from .normalize import Normalization, RunningStats
@@ -48,7 +48,7 @@ def _codecs(schema: pa.Schema, compression: str) -> str | dict[str, str]:
     """
     if compression != "auto":
         return compression
-    is_float = lambda f: f.metadata is not None and np.dtype(f.metadata.get(b"cfgdiff.dtype", b"|u1").decode()).kind == "f"
+    is_float = lambda f: (dt := cell_dtype(f)) is not None and dt.kind == "f"
     return {f.name: "none" if is_float(f) else "lz4" for f in schema}
 
 

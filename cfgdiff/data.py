@@ -208,16 +208,22 @@ def tensor_field(name: str, a: np.ndarray) -> tuple[pa.Field, pa.Array]:
     reads ~5-10x slower than these flat cells (bench/RESULTS.md), and training reads every row every epoch.
     """
     a = np.ascontiguousarray(a)
-    cell = a[0].nbytes if len(a) else int(np.prod(a.shape[1:])) * a.itemsize
+    cell = int(np.prod(a.shape[1:])) * a.itemsize
     arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(cell), len(a), [None, pa.py_buffer(a)])
     meta = {SHAPE_KEY: json.dumps(list(a.shape[1:])).encode(), DTYPE_KEY: a.dtype.str.encode()}
     return pa.field(name, pa.binary(cell), nullable=False, metadata=meta), arr
 
 
-def _column_to_numpy(field: pa.Field, col: pa.Array) -> np.ndarray:
+def cell_dtype(field: pa.Field) -> np.dtype | None:
+    """The numpy dtype of a ``tensor_field`` column's cells; None for any other column."""
     md = field.metadata or {}
-    if pa.types.is_fixed_size_binary(col.type) and SHAPE_KEY in md:
-        shape, dtype = json.loads(md[SHAPE_KEY]), np.dtype(md[DTYPE_KEY].decode())
+    return np.dtype(md[DTYPE_KEY].decode()) if pa.types.is_fixed_size_binary(field.type) and DTYPE_KEY in md else None
+
+
+def _column_to_numpy(field: pa.Field, col: pa.Array) -> np.ndarray:
+    dtype = cell_dtype(field)
+    if dtype is not None:
+        shape = json.loads(field.metadata[SHAPE_KEY])
         width = col.type.byte_width
         flat = np.frombuffer(col.buffers()[1], np.uint8, count=len(col) * width, offset=col.offset * width)
         return flat.view(dtype).reshape(len(col), *shape)  # zero-copy, read-only

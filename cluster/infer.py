@@ -224,9 +224,9 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
     seen = np.zeros(N, np.int64)
     metric_sums: dict[str, float] = {}
     metric_counts: dict[str, int] = {}
-    calls, t0, done, t_work = 0, time.time(), 0, [np.inf, -np.inf]
+    calls, t0, done, work_start, work_end = 0, time.time(), 0, np.inf, -np.inf
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        t_work = [min(t_work[0], float(b["batch_t0"].min())), max(t_work[1], float(b["batch_t1"].max()))]
+        work_start, work_end = min(work_start, b["batch_t0"].min()), max(work_end, b["batch_t1"].max())
         pos = np.searchsorted(index, b["index"])
         rec[pos] = b["reconstruction"]
         if K > 1:
@@ -248,9 +248,9 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
     metrics = {k: metric_sums[k] / max(metric_counts[k], 1) for k in metric_sums}
     _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics)
     # steady state: from the first batch an actor started to the last it finished (actor start-up excluded)
-    steady = N / max(t_work[1] - t_work[0], 1e-9) if N else None
+    steady = N / max(float(work_end - work_start), 1e-9) if N else None
     return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "steady_images_per_s": steady,
-            "startup_s": (t_work[0] - t0) if N else None, "model_calls_per_image": calls,
+            "startup_s": float(work_start - t0) if N else None, "model_calls_per_image": calls,
             "metrics": metrics, "outputs": [str(p) for p in _outputs(job) if p.exists()]}
 
 
