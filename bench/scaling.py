@@ -16,16 +16,16 @@ TRAIN_SETS = ["model.dim=32", "model.dim_mults=[1,2,2]", "model.num_res_blocks=1
               "train.val_steps=2", "train.val_batches=1"]
 
 
-def _data(d: Path, n: int = 4096) -> Path:
+def _data(d: Path, n: int = 4096, val_rows: int = 128) -> Path:
     from cfgdiff.convert import ConvertOptions, convert
     from cfgdiff.demo import gaussian_random_fields
 
     np.save(d / "x.npy", gaussian_random_fields(n, 32, 32))
-    convert(str(d / "x.npy"), d / "ds", ConvertOptions(degrade="drop:0.8", val_fraction=1 / 16))  # 256 val rows
+    convert(str(d / "x.npy"), d / "ds", ConvertOptions(degrade="drop:0.8", val_fraction=val_rows / n))
     return d / "ds"
 
 
-def run(steps: int = 60) -> str:
+def run(steps: int = 60, repeats: int = 3) -> str:
     from cfgdiff.config import ExperimentConfig, SamplerConfig
     from cfgdiff.data import DatasetMeta
     from cluster.infer import InferJob, run_inference
@@ -52,20 +52,29 @@ def run(steps: int = 60) -> str:
                              **{f"{k} ms/step": 1e3 * v for k, v in split.items()}})
             export = str(d / "runs" / "w1" / "export")
             sampler = SamplerConfig(steps=50, w=2.0)  # DDIM-50 with CFG (issue #8)
-            for actors in (1, 2):
-                r = run_inference(InferJob(export, str(ds), str(d / f"o{actors}.npy"), actors=actors, batch_size=16,
-                                           sampler=sampler, threads_per_actor=1))
-                irows.append({"setup": f"Ray Data, {actors} actor(s), 1 thread each", "rows": r["rows"],
-                              "img/s": r["images_per_s"], "steady img/s": r["steady_images_per_s"],
-                              "start-up s": r["startup_s"]})
+            for rep in range(repeats):  # alternate 1 and 2 actors: both see the same machine noise
+                for actors in (1, 2):
+                    r = run_inference(InferJob(export, str(ds), str(d / f"o{actors}.npy"), actors=actors,
+                                               batch_size=16, sampler=sampler, threads_per_actor=1, overwrite=True))
+                    irows.append({"setup": f"Ray actor pool, {actors} actor(s), 1 thread each", "run": rep + 1,
+                                  "rows": r["rows"], "img/s": r["images_per_s"], "steady img/s": r["steady_images_per_s"],
+                                  "start-up s": r["startup_s"]})
         finally:
             stop_ray(info)
         irows.append(_in_process(export, ds, sampler))
-    base, steady = irows[0]["img/s"], irows[0]["steady img/s"]
-    for r in irows:
-        r["ratio to 1 actor"] = r["img/s"] / base
+    ray_rows = [r for r in irows if "run" in r]
+    for r in irows:  # each run against the 1-actor run of the same repeat (in-process: against the first)
+        one = next(o for o in ray_rows if o["run"] == r.get("run", 1) and o["setup"].startswith("Ray actor pool, 1 "))
+        r["ratio to 1 actor"] = r["img/s"] / one["img/s"]
         if r.get("steady img/s"):
-            r["steady ratio"] = r["steady img/s"] / steady
+            r["steady ratio"] = r["steady img/s"] / one["steady img/s"]
+    two = [r for r in ray_rows if r["setup"].startswith("Ray actor pool, 2 ")]
+    best = lambda k, a: max(r[k] for r in ray_rows if r["setup"].startswith(f"Ray actor pool, {a} "))
+    summary = (f"\n\n1 -> 2 actors over {repeats} alternating repeats: steady ratio per repeat "
+               + ", ".join(f"{r['steady ratio']:.2f}" for r in two)
+               + f" (median {float(np.median([r['steady ratio'] for r in two])):.2f}); best steady "
+               f"{best('steady img/s', 2) / best('steady img/s', 1):.2f}x; whole run (start-up included) per repeat "
+               + ", ".join(f"{r['ratio to 1 actor']:.2f}" for r in two) + ".\n")
     cols = ["workers", "threads/worker", "global batch", "steady img/s (all workers)", "img/s per worker",
             "fit() wall s (incl. start-up)"]
     cols += [c for c in ("data_wait ms/step", "forward_backward ms/step", "optimizer ms/step", "ema ms/step",
@@ -73,7 +82,8 @@ def run(steps: int = 60) -> str:
     note = ("\n\nStep-time split (rank 0): forward_backward includes DDP's all-reduce, which overlaps the backward; "
             "allreduce_probe times one separate all-reduce of all gradients (gloo, 2 processes on 2 cores).\n\n")
     return (table(rows, cols) + note +
-            table(irows, ["setup", "rows", "img/s", "ratio to 1 actor", "start-up s", "steady img/s", "steady ratio"]) +
+            table(irows, ["setup", "run", "rows", "img/s", "ratio to 1 actor", "start-up s", "steady img/s",
+                          "steady ratio"]) + summary +
             "\n\nimg/s: rows / wall time of the whole run, actor start-up (process, torch import, model load) "
             "included. start-up s: until the first actor starts its first batch. steady: rows / time from the first "
             "batch any actor started to the last one finished (what a long run converges to).\n")

@@ -160,7 +160,9 @@ class _SplitWriter:
         head, tail = t.slice(0, n), t.slice(n)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.dir / f"part-{self.files:05d}.parquet", head.schema,
-                                           compression=_codecs(head.schema, self.compression), use_dictionary=False)
+                                           compression=_codecs(head.schema, self.compression), use_dictionary=False,
+                                           # min/max of whole tensor cells prune nothing: statistics for scalars only
+                                           write_statistics=[f.name for f in head.schema if cell_dtype(f) is None])
             self.files += 1
         self.writer.write_table(head, row_group_size=n)
         self.rows_in_file += n

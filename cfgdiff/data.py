@@ -234,7 +234,12 @@ def _column_to_numpy(field: pa.Field, col: pa.Array) -> np.ndarray:
 
 def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
     """Arrow table (as written by ``cfgdiff convert``) -> dict of numpy arrays (N, ...), zero-copy where possible."""
-    return {f.name: _column_to_numpy(f, table.column(f.name).combine_chunks()) for f in table.schema}
+    return {f.name: _column_to_numpy(f, _one_chunk(table.column(f.name))) for f in table.schema}
+
+
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    """The column as one array; ``combine_chunks`` copies even a single chunk, so skip it then."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def as_numpy_batch(batch: pa.Table | dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -197,3 +197,24 @@ def test_unknown_codec_is_refused(tmp_path):
     with pytest.raises(InputError, match="--compression 'brotli'"):
         convert(str(tmp_path / "x.npy"), tmp_path / "o", ConvertOptions(compression="brotli"))
     assert not (tmp_path / "o").exists()
+
+
+def test_tensor_columns_decode_zero_copy_and_carry_no_statistics(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cfgdiff.data import table_to_numpy, tensor_field
+
+    x = np.random.default_rng(0).normal(size=(6, 1, 4, 4)).astype(np.float32)
+    field, arr = tensor_field("target", x)
+    t = pa.Table.from_arrays([pa.array(np.arange(6)), arr], schema=pa.schema([pa.field("index", pa.int64()), field]))
+    got = table_to_numpy(t)["target"]  # one chunk: a view of the Arrow buffer, no copy
+    assert np.array_equal(got, x) and np.shares_memory(got, x)
+    two = pa.Table.from_batches(t.to_batches(max_chunksize=4))  # several chunks: combined (a copy), same values
+    assert two.column("target").num_chunks == 2 and np.array_equal(table_to_numpy(two)["target"], x)
+
+    np.save(tmp_path / "x.npy", x)
+    convert(str(tmp_path / "x.npy"), tmp_path / "o", ConvertOptions(val_fraction=0.0))
+    rg = pq.ParquetFile(next((tmp_path / "o" / "train").glob("*.parquet"))).metadata.row_group(0)
+    stats = {rg.column(i).path_in_schema: rg.column(i).is_stats_set for i in range(rg.num_columns)}
+    assert stats == {"index": True, "target": False}
