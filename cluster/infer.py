@@ -192,6 +192,16 @@ def _ckpt_files(path: str) -> dict[str, bytes]:
     return {n: (Path(path) / n).read_bytes() for n in (CONFIG, WEIGHTS)}
 
 
+def _check_resources(job: InferJob) -> None:
+    """Refuse a pool the cluster cannot hold: actors beyond it would wait forever for CPUs or GPUs."""
+    have = ray.cluster_resources()
+    for name, per in (("CPU", job.cpus_per_actor), ("GPU", job.gpus_per_actor)):
+        need = job.actors * per
+        if need > have.get(name, 0) + 1e-9:
+            raise InputError(f"--actors {job.actors} x {per:g} {name} per actor needs {need:g} {name}s; the Ray "
+                             f"cluster has {have.get(name, 0):g}")
+
+
 def _deal(actors: list, batches) -> Iterator[dict[str, np.ndarray]]:
     """Results of ``actor.__call__(batch)`` for every batch, in completion order, one call in flight per
     actor (the next batch is read only when an actor is free, so memory stays bounded)."""
@@ -227,6 +237,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
                                     for d in dirs for f in sorted(d.glob("*.parquet"))]))
     N = len(index)
     C, (H, W), K = ckpt.config.model.in_channels, ckpt.config.model.image_size, job.num_samples
+    _check_resources(job)
     ref = ray.put(_ckpt_files(job.checkpoint))  # kept referenced here: restarted actors fetch it again
     actor_cls = ray.remote(num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None, max_restarts=3,
                            max_task_retries=3)(Inpainter)

@@ -76,6 +76,10 @@ def test_bad_input_fails_before_any_actor(ray_session, tiny_data, tiny_checkpoin
     np.save(tmp_path / "dense.npy", np.zeros((4, 16, 16), np.float32))
     with pytest.raises(InputError, match="no mask"):
         run_inference(InferJob(tiny_checkpoint, str(tmp_path / "dense.npy"), str(tmp_path / "o.npy"), split="train"))
+    with pytest.raises(InputError, match="--actors 1000 x 1 CPU per actor needs 1000 CPUs"):
+        run_inference(InferJob(tiny_checkpoint, str(tiny_data), str(tmp_path / "o.npy"), actors=1000))
+    with pytest.raises(InputError, match="needs 1000 GPUs; the Ray cluster has"):
+        run_inference(InferJob(tiny_checkpoint, str(tiny_data), str(tmp_path / "o.npy"), gpus_per_actor=1000.0))
     (tmp_path / "taken.npy").write_bytes(b"x")
     with pytest.raises(InputError, match="pass --overwrite"):
         run_inference(InferJob(tiny_checkpoint, str(tiny_data), str(tmp_path / "taken.npy")))
