@@ -129,24 +129,32 @@ def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
 
 
 class Inpainter:
-    """The actor's work: loads the model once, reconstructs raw numpy (or Arrow) batches."""
+    """The actor's work: loads the model on its first batch, reconstructs raw numpy (or Arrow) batches.
 
-    def __init__(self, ckpt_files_ref, sampler: dict, num_samples: int, seed: int, degrade: str | None,
-                 threads: int, fail_once_marker: str | None, model_batch: int = 8):
-        files = ray.get(ckpt_files_ref[0]) if isinstance(ckpt_files_ref, list) else ckpt_files_ref
-        d = tempfile.mkdtemp(prefix="cfgdiff-ckpt-")
-        for name, data in files.items():
-            Path(d, name).write_bytes(data)
+    The checkpoint comes with every call as an object-store reference (cheap: a reference, fetched once),
+    not through the constructor, so that a restarted actor reloads it from the retried call itself.
+    """
+
+    def __init__(self, sampler: dict, num_samples: int, seed: int, degrade: str | None, threads: int,
+                 fail_once_marker: str | None, model_batch: int = 8):
         torch.set_num_threads(threads)
-        self.ckpt = load_checkpoint(d)
+        self.ckpt = self.model = None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = self.ckpt.build_model(self.device)
-        self.schedule = NoiseSchedule.from_config(self.ckpt.config.schedule).to(self.device)
         self.sampler = SamplerConfig(**{**sampler, "resample": tuple(sampler["resample"]) if sampler["resample"] else None})
         self.K, self.seed, self.degrade, self.fail = num_samples, seed, degrade, fail_once_marker
         self.model_batch = model_batch
 
-    def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray]:
+    def _load(self, ckpt_files: dict[str, bytes]) -> None:
+        with tempfile.TemporaryDirectory(prefix="cfgdiff-ckpt-") as d:
+            for name, data in ckpt_files.items():
+                Path(d, name).write_bytes(data)
+            self.ckpt = load_checkpoint(d)
+            self.model = self.ckpt.build_model(self.device)
+        self.schedule = NoiseSchedule.from_config(self.ckpt.config.schedule).to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray] | pa.Table, ckpt_files_ref: list) -> dict[str, np.ndarray]:
+        if self.model is None:
+            self._load(ray.get(ckpt_files_ref[0]))  # a one-element list: Ray passes the reference, not the value
         t_start = time.time()
         batch = as_numpy_batch(batch)  # raw numpy columns (an Arrow table is viewed zero-copy)
         if self.fail and not os.path.exists(self.fail):
@@ -202,15 +210,15 @@ def _check_resources(job: InferJob) -> None:
                              f"cluster has {have.get(name, 0):g}")
 
 
-def _deal(actors: list, batches) -> Iterator[dict[str, np.ndarray]]:
-    """Results of ``actor.__call__(batch)`` for every batch, in completion order, one call in flight per
-    actor (the next batch is read only when an actor is free, so memory stays bounded)."""
+def _deal(actors: list, batches, *extra) -> Iterator[dict[str, np.ndarray]]:
+    """Results of ``actor.__call__(batch, *extra)`` for every batch, in completion order, one call in flight
+    per actor (the next batch is read only when an actor is free, so memory stays bounded)."""
     free, busy = list(actors), {}
     batches = iter(batches)
     while True:
         while free and (batch := next(batches, None)) is not None:
             actor = free.pop()
-            busy[actor.__call__.remote(batch)] = actor
+            busy[actor.__call__.remote(batch, *extra)] = actor
         if not busy:
             return
         [ready], _ = ray.wait(list(busy), num_returns=1)
@@ -238,10 +246,10 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
     N = len(index)
     C, (H, W), K = ckpt.config.model.in_channels, ckpt.config.model.image_size, job.num_samples
     _check_resources(job)
-    ref = ray.put(_ckpt_files(job.checkpoint))  # kept referenced here: restarted actors fetch it again
+    ref = ray.put(_ckpt_files(job.checkpoint))  # sent with every call: a restarted actor reloads from it
     actor_cls = ray.remote(num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None, max_restarts=3,
                            max_task_retries=3)(Inpainter)
-    args = dict(ckpt_files_ref=[ref], sampler=dict(job.sampler.__dict__), num_samples=K, seed=job.seed,
+    args = dict(sampler=dict(job.sampler.__dict__), num_samples=K, seed=job.seed,
                 degrade=meta.doc.get("degrade"), threads=job.threads_per_actor, fail_once_marker=job.fail_once_marker,
                 model_batch=job.model_batch)
     actors = [actor_cls.remote(**args) for _ in range(job.actors)]
@@ -253,7 +261,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
     metric_counts: dict[str, int] = {}
     calls, t0, done, work_start, work_end = 0, time.time(), 0, np.inf, -np.inf
     try:
-        for b in _deal(actors, (b for d in dirs for b in iter_parquet_batches(d, job.batch_size))):
+        for b in _deal(actors, (b for d in dirs for b in iter_parquet_batches(d, job.batch_size)), [ref]):
             work_start, work_end = min(work_start, b["batch_t0"].min()), max(work_end, b["batch_t1"].max())
             pos = np.searchsorted(index, b["index"])
             rec[pos] = b["reconstruction"]
