@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import Downsample
+from .nn import Downsample, GroupNorm32
 
 
 class _ConvBlock(nn.Module):
@@ -15,7 +15,7 @@ class _ConvBlock(nn.Module):
     def __init__(self, ch: int, groups: int):
         super().__init__()
         self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
-        self.norm = nn.GroupNorm(groups, ch)
+        self.norm = GroupNorm32(groups, ch)
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x):

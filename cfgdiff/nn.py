@@ -16,6 +16,27 @@ def zero_module(m: nn.Module) -> nn.Module:
     return m
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in fp32, returned in the input's dtype (an fp32 model is unchanged).
+
+    Under CPU bf16 autocast, PyTorch's mixed-dtype GroupNorm backward took 3.6x the time of the fp32
+    one in the training step's profile (bench/RESULTS.md); the fp32 kernel plus two casts is cheaper.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float()).to(x.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention``; on CPU always in fp32, where the bf16 flash-attention backward
+    took 3.7x the fp32 one (bench/RESULTS.md). GPUs keep the autocast dtype (their fast path)."""
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+
+
 class SinusoidalEmbedding(nn.Module):
     """Transformer sinusoidal embedding of the timestep (DDPM sec. 4 / Vaswani et al.), (B,) -> (B, dim)."""
 
@@ -37,10 +58,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.norm1 = GroupNorm32(groups, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.norm2 = GroupNorm32(groups, c_out)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
@@ -60,9 +81,9 @@ class LinearAttention(nn.Module):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(1, ch)
+        self.norm = GroupNorm32(1, ch)
         self.qkv = nn.Conv2d(ch, 3 * inner, 1, bias=False)
-        self.out = nn.Sequential(nn.Conv2d(inner, ch, 1), nn.GroupNorm(1, ch))
+        self.out = nn.Sequential(nn.Conv2d(inner, ch, 1), GroupNorm32(1, ch))
         self.scale = dim_head**-0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +103,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(1, ch)
+        self.norm = GroupNorm32(1, ch)
         self.qkv = nn.Conv2d(ch, 3 * inner, 1, bias=False)
         self.out = nn.Conv2d(inner, ch, 1)
 
@@ -90,7 +111,7 @@ class Attention(nn.Module):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, self.dim_head, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, N, d) each
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        out = attention(q, k, v)  # (B, heads, N, d)
         return x + self.out(out.transpose(-1, -2).reshape(B, -1, H, W))
 
 
@@ -101,8 +122,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(1, ch)
-        self.norm_ctx = nn.GroupNorm(1, ctx_ch)
+        self.norm = GroupNorm32(1, ch)
+        self.norm_ctx = GroupNorm32(1, ctx_ch)
         self.q = nn.Conv2d(ch, inner, 1, bias=False)
         self.kv = nn.Conv2d(ctx_ch, 2 * inner, 1, bias=False)
         self.out = zero_module(nn.Conv2d(inner, ch, 1))
@@ -112,7 +133,7 @@ class CrossAttention(nn.Module):
         n_ctx = ctx.shape[-2] * ctx.shape[-1]
         q = self.q(self.norm(x)).reshape(B, self.heads, self.dim_head, H * W).transpose(-1, -2)  # (B,h,N,d)
         k, v = self.kv(self.norm_ctx(ctx)).reshape(B, 2, self.heads, self.dim_head, n_ctx).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        out = attention(q, k, v)  # (B, heads, N, d)
         return x + self.out(out.transpose(-1, -2).reshape(B, -1, H, W))
 
 
