@@ -16,22 +16,30 @@ def zero_module(m: nn.Module) -> nn.Module:
     return m
 
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32, returned in the input's dtype (an fp32 model is unchanged).
+def _slow_bf16_backward(x: torch.Tensor) -> bool:
+    """True when ``x`` is a reduced-precision CPU tensor that autograd will differentiate through."""
+    return x.device.type == "cpu" and x.dtype != torch.float32 and x.requires_grad and torch.is_grad_enabled()
 
-    Under CPU bf16 autocast, PyTorch's mixed-dtype GroupNorm backward took 3.6x the time of the fp32
-    one in the training step's profile (bench/RESULTS.md); the fp32 kernel plus two casts is cheaper.
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm that trains in fp32 under CPU autocast and returns the input's dtype.
+
+    In the bf16 training step's profile, PyTorch's mixed-dtype CPU GroupNorm backward took 3.6x the
+    time of the fp32 one (bench/RESULTS.md); the fp32 kernel plus two casts is cheaper. Forward-only
+    (sampling) and fp32 or GPU models take the plain path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
+        if not _slow_bf16_backward(x):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
             return super().forward(x.float()).to(x.dtype)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``scaled_dot_product_attention``; on CPU always in fp32, where the bf16 flash-attention backward
-    took 3.7x the fp32 one (bench/RESULTS.md). GPUs keep the autocast dtype (their fast path)."""
-    if q.device.type != "cpu" or q.dtype == torch.float32:
+    """``scaled_dot_product_attention``; when training on CPU in bf16, computed in fp32: the bf16
+    flash-attention backward took 3.7x the fp32 one (bench/RESULTS.md)."""
+    if not _slow_bf16_backward(q):
         return F.scaled_dot_product_attention(q, k, v)
     with torch.autocast("cpu", enabled=False):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)

@@ -70,3 +70,25 @@ def test_bad_shapes_give_clear_errors():
         m(torch.randn(1, 1, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 3, 16, 16), torch.ones(1, 1, 16, 16))
     with pytest.raises(ValueError, match="mask must be"):
         m(torch.randn(1, 1, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 16, 16), torch.ones(1, 2, 16, 16))
+
+
+def test_bf16_training_path_groupnorm_and_attention_match_fp32():
+    """Under CPU bf16 autocast with autograd, GroupNorm and attention run in fp32 and hand back bf16."""
+    from cfgdiff.nn import GroupNorm32, attention
+
+    torch.manual_seed(0)
+    gn = GroupNorm32(4, 16)
+    x = torch.randn(2, 16, 8, 8)
+    q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
+    ref_gn = torch.nn.functional.group_norm(x, 4, gn.weight, gn.bias, gn.eps)
+    ref_att = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    xb = x.bfloat16().requires_grad_()
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, a = gn(xb), attention(qb, kb, vb)
+    assert y.dtype == a.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), ref_gn, atol=3e-2) and torch.allclose(a.float(), ref_att, atol=3e-2)
+    (y.float().square().sum() + a.float().square().sum()).backward()
+    assert xb.grad.dtype == torch.bfloat16 and gn.weight.grad is not None and torch.isfinite(qb.grad).all()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # sampling: the plain path
+        assert torch.allclose(gn(x.bfloat16()).float(), ref_gn, atol=3e-2)
