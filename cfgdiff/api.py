@@ -16,6 +16,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import SamplerConfig
 from .degrade import operator_for
+from .engine import autocast
 from .errors import InputError
 from .normalize import Normalization
 from .sampling import sample
@@ -91,7 +92,7 @@ class Autocast:
         self.model, self.device_type = model, device_type
 
     def __call__(self, *args):
-        with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
+        with autocast(torch.device(self.device_type), "bf16"):
             return self.model(*args)
 
 

@@ -92,7 +92,7 @@ class SamplerConfig:
     w: float = 1.0  # guidance: eps_u + w (eps_c - eps_u); 0 uncond, 1 cond
     resample: tuple[int, int] | None = None  # RePaint (jump length j, resamplings r)
     clip_x0: bool = True  # clamp x0 predictions to [-1, 1] (min/max-normalised data)
-    precision: Literal["fp32", "bf16"] = "fp32"  # network under bf16 autocast (CPU AMX / GPU); sampler math in fp32
+    precision: Literal["fp32", "bf16"] = "fp32"  # network under bf16 autocast (GPU; CPU with AVX512-BF16/AMX); sampler math fp32
 
     def __post_init__(self):
         import math

@@ -47,7 +47,7 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")
 @click.option("--resample", default=None, metavar="J,R", help="RePaint jump length and resamplings.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="Network precision: bf16 autocast on CPUs with AMX or on GPUs (default: checkpoint's, fp32).")
+              help="Network precision: bf16 autocast on GPUs or CPUs with AVX512-BF16/AMX (default: checkpoint's, fp32).")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="K samples per row (mean and std maps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--from-tune", type=click.Path(), help="Use best.json of a `cfgdiff tune` directory (checkpoint, w).")

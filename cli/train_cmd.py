@@ -40,7 +40,8 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--epochs", type=int, default=None, help="Train for N passes over the data (overrides train.max_steps).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (train.max_steps).")
 @click.option("--resume", default=None, metavar="RUN", help="Continue run RUN (under --storage) from its last checkpoint.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="bf16 autocast (CPU AMX or GPU).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="bf16 autocast (GPU, or CPU with AVX512-BF16/AMX).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
 @click.option("--threads-per-worker", type=int, default=1, show_default=True, help="torch threads per worker.")

@@ -5,9 +5,11 @@ times what the samplers consume) and deals fixed batches to actors, one in fligh
 actor loads the model once; the checkpoint travels through the object store, so no shared
 filesystem is needed for it. Why actors and not Ray Data ``map_batches``: measured on 2 cores
 (bench/RESULTS.md), Ray Data's executor, read tasks and helper actors took CPU from the two
-samplers (1 -> 2 actors 1.62-1.68x steady, 7 s to the first batch); a plain pool starts in ~1 s and
-scales 1.7-1.96x. Fault tolerance is Ray core's: a dead actor is restarted (``max_restarts``) and
-its unfinished call retried (``max_task_retries``).
+samplers (1 -> 2 actors 1.62-1.68x steady, 5.5-8.4 s to the first batch); this pool starts in 1.2-1.8 s
+and scales 1.66-1.90x (median 1.80). Not ``ray.util.ActorPool``: its ``map_unordered`` queues every batch
+in the driver up front, where ``_deal`` reads the next batch only when an actor is free. Fault
+tolerance is Ray core's: a dead actor is restarted (``max_restarts``) and its unfinished call retried
+(``max_task_retries``).
 
 Exactly once: every row has a global ``index``; the driver writes each output row into its slot
 and checks that every slot was filled once. Determinism: sample k of row i is seeded

@@ -36,7 +36,7 @@ class DemoPlan:
     # v-prediction: the eps-trained model of the same budget sampled 2-4x too wide (see ModelConfig.prediction)
     model: tuple[str, ...] = ("model.dim=32", "model.dim_mults=[1,2,2]", "model.num_res_blocks=1",
                               "model.cross_attn_max_res=8", 'model.prediction="v"')
-    # bf16 autocast; 2000 steps fit the ~10 min of make run (1200 fp32 steps left the posterior mean at 1.57x Bayes)
+    # bf16 autocast, 2000 steps: make run takes ~11 min (1200 fp32 steps left the posterior mean at 1.57x Bayes)
     train: tuple[str, ...] = ("train.max_steps=2000", 'train.precision="bf16"', "train.batch_size=32", "train.lr=1e-3",
                               "train.warmup_steps=50", "train.ema_decay=0.995", "train.checkpoint_every=0",
                               "train.log_every=100", "train.val_samples=16", "train.val_steps=10")
