@@ -45,11 +45,14 @@ def default_num_cpus() -> int:
     return (os.cpu_count() or 2) + 4
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> RayInfo:
+def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
+              object_store_mb: int | None = None) -> RayInfo:
     """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://...``) or start an embedded local Ray.
 
     ``address="local"`` always starts a fresh local cluster (tests). A ``None`` address falls back
-    to ``RAY_ADDRESS`` and then to a fresh embedded cluster.
+    to ``RAY_ADDRESS`` and then to a fresh embedded cluster, whose object store is ``object_store_mb``
+    or Ray's default (30% of RAM, allocated only as objects are stored): training materializes a
+    dataset that fits in half of it and then reads every epoch from shared memory.
     """
     if ray.is_initialized():  # already connected (a notebook, a test session, a pipeline stage)
         r = ray.cluster_resources()
@@ -64,7 +67,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     embedded = address == "local"
     if embedded:
         kwargs.update(num_cpus=num_cpus or default_num_cpus(), include_dashboard=True,
-                      dashboard_host="127.0.0.1", object_store_memory=512 * 2**20)
+                      dashboard_host="127.0.0.1")
+        if object_store_mb is not None:
+            kwargs["object_store_memory"] = object_store_mb * 2**20
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only embedded cluster
         # Bind every Ray service of the embedded cluster to 127.0.0.1: Ray resolves "127.0.0.1" to the
         # host's routable IP unless multi-node support is off (what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0

@@ -21,6 +21,7 @@ from cfgdiff.data import DatasetMeta, decode_batch, read_split
 from cfgdiff.degrade import degrade, parse_spec
 from cfgdiff.errors import InputError
 
+from .data import parquet_dataset
 from .runtime import cluster_gpus
 from .train_loop import train_loop_per_worker
 
@@ -117,13 +118,6 @@ def _vis_batch(meta: DatasetMeta, cfg: ExperimentConfig) -> dict[str, np.ndarray
     return {k: b[k].numpy() for k in ("x0", "cond", "mask")}
 
 
-def _dataset(path: Path):
-    ds = ray.data.read_parquet(str(path))
-    size = sum(f.stat().st_size for f in path.glob("*.parquet"))
-    # small data: materialize once into the object store (55k vs 2k samples/s per worker, RAY_NOTES §2)
-    return ds.materialize() if size < 128 * 2**20 else ds
-
-
 def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> TorchTrainer:
     paths = run_paths(job)
     local = "://" not in job.storage
@@ -146,7 +140,7 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              callbacks=job.callbacks or None,
                              logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets={"train": _dataset(meta.split_dir("train")), "val": _dataset(meta.split_dir("val"))},
+        datasets={"train": parquet_dataset(meta.split_dir("train")), "val": parquet_dataset(meta.split_dir("val"))},
         dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
 

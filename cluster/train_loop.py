@@ -30,6 +30,7 @@ from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.unet import ConditionalUNet
 
+from .data import iter_block_batches
 from .runtime import quiet_ray_logs
 from .tb import TBWriter
 
@@ -135,9 +136,8 @@ def train_loop_per_worker(lc: dict) -> dict:
     timer = StepTimer()
     while step < max_steps:
         timer.start(device)
-        for raw in train_shard.iter_batches(batch_size=per_worker, batch_format="pyarrow", drop_last=True,
-                                            local_shuffle_buffer_size=max(4 * per_worker, 256),
-                                            local_shuffle_seed=tc.seed + epoch):
+        for raw in iter_block_batches(train_shard, per_worker, drop_last=True,
+                                      shuffle_seed=tc.seed + 7919 * rank + epoch):
             b = _with_condition(decode_batch(raw, norm, device), tc.degrade, tc.seed, epoch)
             timer.mark("data_wait", device)
             out = core_train_step(model, opt, sched, schedule, b["x0"], b["cond"], b["mask"], cfg,
@@ -243,7 +243,7 @@ def _validate(model, ema: EMA, cfg, schedule, norm, val_shard, vis, eval_ws, per
     model on the fixed validation batch for every w in ``eval_ws`` (only rank 0's report is kept)."""
     tc = cfg.train
     losses = []
-    for i, raw in enumerate(val_shard.iter_batches(batch_size=per_worker, batch_format="pyarrow")):
+    for i, raw in enumerate(iter_block_batches(val_shard, per_worker)):
         if i >= tc.val_batches:
             continue  # drain the shard: all ranks must consume it together (RAY_NOTES §0.4)
         b = _with_condition(decode_batch(raw, norm, device), tc.degrade, tc.seed, 0)

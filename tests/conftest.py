@@ -25,7 +25,7 @@ RAY_CPUS = 6  # a few more logical CPUs than workers + actors so Ray Data is nev
 def ray_session():
     from cluster.runtime import start_ray, stop_ray
 
-    info = start_ray(address="local", num_cpus=RAY_CPUS, quiet=True)
+    info = start_ray(address="local", num_cpus=RAY_CPUS, quiet=True, object_store_mb=512)
     assert info.address.startswith("127.0.0.1:"), info.address
     yield info
     stop_ray(info)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cfgdiff.convert import ConvertOptions, convert
-from cfgdiff.data import DatasetMeta, decode_batch, iter_parquet_batches, read_split
+from cfgdiff.data import DatasetMeta, decode_batch, iter_parquet_batches, read_split, rebatch, shuffle_rows
 from cfgdiff.errors import InputError
 
 
@@ -94,6 +94,23 @@ def test_streaming_reader_batches(tmp_path):
     assert np.array_equal(np.concatenate([b["index"] for b in batches]), np.arange(50))
     first = next(iter_parquet_batches(tmp_path / "o" / "train", batch_size=64))  # an early stop is clean
     assert len(first["index"]) == 50
+
+
+
+def test_rebatch_slices_groups_into_exact_batches_and_shuffle_keeps_rows_paired():
+    groups = [{"index": np.arange(a, b), "x": np.arange(a, b) * 10.0} for a, b in ((0, 5), (5, 6), (6, 23))]
+    got = list(rebatch(iter(groups), 4))
+    assert [len(b["index"]) for b in got] == [4, 4, 4, 4, 4, 3]
+    assert np.array_equal(np.concatenate([b["index"] for b in got]), np.arange(23))
+    assert all(np.array_equal(b["x"], b["index"] * 10.0) for b in got)
+    assert np.shares_memory(got[2]["x"], groups[2]["x"]), "batches inside one group are views, not copies"
+    assert [len(b["index"]) for b in rebatch(iter(groups), 4, drop_last=True)] == [4] * 5
+    with pytest.raises(ValueError, match="batch_size"):
+        next(rebatch(iter(groups), 0))
+    g = {"index": np.arange(100), "x": np.arange(100) * 10.0}
+    a, b = shuffle_rows(g, np.random.default_rng(1)), shuffle_rows(g, np.random.default_rng(1))
+    assert np.array_equal(a["index"], b["index"]) and not np.array_equal(a["index"], g["index"])
+    assert np.array_equal(np.sort(a["index"]), g["index"]) and np.array_equal(a["x"], a["index"] * 10.0)
 
 
 BAD = {

@@ -1,0 +1,51 @@
+"""Ray Data read path: whole blocks, rebatched by cfgdiff's own slicing (issue #5).
+
+``iter_batches(batch_size=256)`` costs Ray Data ~0.3 ms per batch (slicing, concatenation and
+format conversion in its batcher), which held a materialized dataset to 0.27x a warm ``np.load``.
+Asking for whole blocks (``batch_size=None``) hands over the Arrow tables in the object store
+without a copy; ``cfgdiff.data.rebatch`` then cuts them into views, as the local reader does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+
+from cfgdiff.data import rebatch, shuffle_rows, table_to_numpy
+
+
+def iter_block_batches(source, batch_size: int, *, drop_last: bool = False, shuffle_seed: int | None = None
+                       ) -> Iterator[dict[str, np.ndarray]]:
+    """Raw numpy batches of ``batch_size`` rows from a Ray ``Dataset`` or ``DataIterator`` (a Train shard).
+
+    With ``shuffle_seed``, the rows of each block are permuted (one gather per block) before slicing:
+    a shuffle over whole blocks (~16k rows of 4 KB), where a 256-row local shuffle buffer mixed far less.
+    """
+    blocks = (table_to_numpy(b) for b in source.iter_batches(batch_size=None, batch_format="pyarrow",
+                                                             prefetch_batches=1))
+    if shuffle_seed is not None:
+        rng = np.random.default_rng(shuffle_seed)
+        blocks = (shuffle_rows(b, rng) for b in blocks)
+    return rebatch(blocks, batch_size, drop_last)
+
+
+def arrow_bytes(split_dir: Path) -> int:
+    """Uncompressed in-memory size of a split's Parquet shards (what materializing it stores)."""
+    total = 0
+    for f in Path(split_dir).glob("*.parquet"):
+        md = pq.ParquetFile(f).metadata
+        total += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    return total
+
+
+def parquet_dataset(split_dir: Path, store_fraction: float = 0.5):
+    """``read_parquet`` of a split, materialized into the object store when it fits in
+    ``store_fraction`` of the cluster's object store, so that epochs after the first read shared
+    memory instead of re-reading Parquet in read tasks (bench: 1.27x vs 0.04x a warm np.load)."""
+    ds = ray.data.read_parquet(str(split_dir))
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    return ds.materialize() if arrow_bytes(split_dir) <= store_fraction * store else ds
