@@ -300,7 +300,7 @@ def rebatch(groups: Iterable[dict[str, np.ndarray]], batch_size: int, drop_last:
 
     Batches are slices (views) of a group; only a batch spanning two groups is concatenated. The
     last, shorter batch is yielded unless ``drop_last``. Both readers use this: slicing whole blocks
-    costs microseconds per batch, where Ray Data's own batching costs ~0.3 ms (bench/RESULTS.md).
+    costs microseconds per batch, where Ray Data's own batching costs ~0.1 ms (bench/RESULTS.md).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -1,9 +1,10 @@
 """Ray Data read path: whole blocks, rebatched by cfgdiff's own slicing (issue #5).
 
-``iter_batches(batch_size=256)`` costs Ray Data ~0.3 ms per batch (slicing, concatenation and
-format conversion in its batcher), which held a materialized dataset to 0.27x a warm ``np.load``.
-Asking for whole blocks (``batch_size=None``) hands over the Arrow tables in the object store
-without a copy; ``cfgdiff.data.rebatch`` then cuts them into views, as the local reader does.
+``iter_batches(batch_size=256)`` costs Ray Data ~0.1 ms per batch in its batcher (slicing,
+concatenation, format conversion), which held a materialized dataset to 0.58x a warm ``np.load``
+(decoded). Asking for whole blocks (``batch_size=None``) hands over the Arrow tables in the object
+store without a copy; ``cfgdiff.data.rebatch`` then cuts them into views, as the local reader does:
+1.0x decoded, 1.3-1.4x raw (``python -m bench data``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def arrow_bytes(split_dir: Path) -> int:
 def parquet_dataset(split_dir: Path, store_fraction: float = 0.5):
     """``read_parquet`` of a split, materialized into the object store when it fits in
     ``store_fraction`` of the cluster's object store, so that epochs after the first read shared
-    memory instead of re-reading Parquet in read tasks (bench: 1.27x vs 0.04x a warm np.load)."""
+    memory instead of re-reading Parquet in read tasks (bench: 1.3-1.4x vs 0.03-0.04x a warm np.load, raw)."""
     ds = ray.data.read_parquet(str(split_dir))
     store = ray.cluster_resources().get("object_store_memory", 0)
     return ds.materialize() if arrow_bytes(split_dir) <= store_fraction * store else ds
