@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -34,6 +35,35 @@ def make_lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.opt
     linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), end_factor=1.0,
                                                total_iters=warm)
     return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warm])
+
+
+def _horizon(state: dict) -> int | None:
+    """T_max of the cosine in a saved ``make_lr_scheduler`` state (SequentialLR or plain cosine)."""
+    inner = state.get("_schedulers") or [state]
+    return inner[-1].get("T_max")
+
+
+def resume_lr_scheduler(sched: torch.optim.lr_scheduler.LRScheduler, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                        saved: dict, step: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The LR schedule of a run resumed at ``step``: ``sched`` was made by ``make_lr_scheduler``
+    before ``opt`` got its saved state back, and ``saved`` is the saved scheduler state.
+
+    Same horizon: the saved state, exactly. A new ``max_steps`` (``--resume RUN --steps N``): the
+    warm-up + cosine of the new horizon, advanced to ``step`` with the same float operations as an
+    uninterrupted run of N steps. Loading the old state instead would run its cosine past its end,
+    where CosineAnnealingLR is periodic and the LR climbs back towards ``lr``.
+    """
+    if _horizon(saved) == _horizon(sched.state_dict()):
+        sched.load_state_dict(saved)
+        return sched
+    for g in opt.param_groups:  # the chainable schedulers scale the current LR: start from the base
+        g["lr"] = g["initial_lr"]
+    sched = make_lr_scheduler(opt, cfg)
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(step):
+            sched.step()
+    return sched
 
 
 class EMA:

@@ -24,7 +24,16 @@ from cfgdiff.checkpoint import load_training_state, write_checkpoint_files
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.data import decode_batch
 from cfgdiff.degrade import degrade
-from cfgdiff.engine import EMA, StepTimer, eval_loss, make_lr_scheduler, make_optimizer, reconstruct_and_score, unwrap
+from cfgdiff.engine import (
+    EMA,
+    StepTimer,
+    eval_loss,
+    make_lr_scheduler,
+    make_optimizer,
+    reconstruct_and_score,
+    resume_lr_scheduler,
+    unwrap,
+)
 from cfgdiff.engine import train_step as core_train_step
 from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
@@ -97,8 +106,8 @@ def train_loop_per_worker(lc: dict) -> dict:
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
         step, epoch = int(st["step"]), int(st["epoch"])
+        sched = resume_lr_scheduler(sched, opt, tc, st["scheduler"], step)  # --steps N may set a new horizon
         best = st["extra"].get("best", best)
         torch.set_rng_state(st["torch_rng"])
     elif rank == 0 and lc.get("fit_log"):

@@ -76,6 +76,18 @@ def test_resume_continues_step_count_and_lr_schedule_exactly(ray_session, tiny_d
         expected[step] = opt.param_groups[0]["lr"]
     for step in (20, 25, 30):
         assert math.isclose(lr[step], expected[step], rel_tol=1e-6), (step, lr[step], expected[step])
+    # --resume res --steps 40: the cosine continues over the 40-step horizon (no climb past step 30)
+    longer = tiny_config(tiny_data, "train.max_steps=40", "train.checkpoint_every=10", "train.warmup_steps=8")
+    s = run_training(TrainJob(data_dir=str(tiny_data), config=longer, run_name="res", storage=str(tmp_path), workers=1))
+    assert s["step"] == 40
+    lr = _scalars(s["tensorboard"], "train/lr")
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    sched = make_lr_scheduler(opt, longer.train)
+    for step in range(1, 41):
+        opt.step()
+        sched.step()
+        if step in (35, 40):
+            assert math.isclose(lr[step], opt.param_groups[0]["lr"], rel_tol=1e-6), (step, lr[step])
 
 
 def test_uri_storage_gets_checkpoints_and_export(ray_session, tiny_data, tmp_path):

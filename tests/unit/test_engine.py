@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cfgdiff.config import ExperimentConfig, ModelConfig, ScheduleConfig, TrainConfig
-from cfgdiff.engine import EMA, make_lr_scheduler, make_optimizer, train_step
+from cfgdiff.engine import EMA, make_lr_scheduler, make_optimizer, resume_lr_scheduler, train_step
 from cfgdiff.metrics import psnr
 from cfgdiff.sampling import sample
 from cfgdiff.schedule import NoiseSchedule
@@ -44,6 +44,47 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[0] < 0.2 and abs(lrs[10] - 1.0) < 1e-6
     assert all(a <= b + 1e-9 for a, b in zip(lrs[:10], lrs[1:11]))
     assert all(a >= b - 1e-9 for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.05
+
+
+
+def _lrs(opt, sch, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        opt.step()
+        sch.step()
+        out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+@pytest.mark.parametrize("new_steps", [30, 50])
+def test_resumed_lr_schedule_equals_an_uninterrupted_run_even_with_a_new_horizon(new_steps):
+    """Stop at step 12 of a 30-step run, resume with max_steps=new_steps: the LR from then on equals
+    an uninterrupted new_steps run exactly; the old cosine state, run past its end, would climb."""
+    cfg = TrainConfig(lr=1e-3, warmup_steps=8, max_steps=30)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sch = make_lr_scheduler(opt, cfg)
+    _lrs(opt, sch, 12)
+    saved_opt, saved_sch = opt.state_dict(), sch.state_dict()
+
+    new = TrainConfig(lr=1e-3, warmup_steps=8, max_steps=new_steps)
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=new.lr)
+    sch2 = make_lr_scheduler(opt2, new)  # what the train loop builds before restoring state
+    opt2.load_state_dict(saved_opt)
+    sch2 = resume_lr_scheduler(sch2, opt2, new, saved_sch, step=12)
+    got = _lrs(opt2, sch2, new_steps - 12)
+
+    ref_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=new.lr)
+    ref = _lrs(ref_opt, make_lr_scheduler(ref_opt, new), new_steps)[12:]
+    assert got == ref
+    assert all(a >= b for a, b in zip(got, got[1:])) and got[-1] < 0.02 * new.lr
+
+    if new_steps > 30:  # the bug this guards against: the restored 30-step cosine climbs after step 30
+        opt3 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=new.lr)
+        sch3 = make_lr_scheduler(opt3, cfg)
+        opt3.load_state_dict(saved_opt)
+        sch3.load_state_dict(saved_sch)
+        old = _lrs(opt3, sch3, new_steps - 12)
+        assert old[-1] > 10 * got[-1]
 
 
 def test_gradient_accumulation_matches_full_batch():
