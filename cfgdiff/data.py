@@ -306,11 +306,11 @@ def rebatch(groups: Iterable[dict[str, np.ndarray]], batch_size: int, drop_last:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     carry: dict[str, np.ndarray] | None = None
     for group in groups:
-        n, i = len(next(iter(group.values()))), 0
+        n, i = _rows(group), 0
         if carry is not None:  # complete the batch left over from the previous group
-            i = min(batch_size - len(next(iter(carry.values()))), n)
+            i = min(batch_size - _rows(carry), n)
             carry = {k: np.concatenate([carry[k], v[:i]]) for k, v in group.items()}
-            if len(next(iter(carry.values()))) < batch_size:
+            if _rows(carry) < batch_size:
                 continue
             yield carry
             carry = None
@@ -323,9 +323,13 @@ def rebatch(groups: Iterable[dict[str, np.ndarray]], batch_size: int, drop_last:
         yield carry
 
 
+def _rows(group: dict[str, np.ndarray]) -> int:
+    return len(next(iter(group.values())))
+
+
 def shuffle_rows(group: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The group's rows in a random order (one gather per column, the same permutation for all)."""
-    perm = rng.permutation(len(next(iter(group.values()))))
+    perm = rng.permutation(_rows(group))
     return {k: v[perm] for k, v in group.items()}
 
 
