@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from cfgdiff.config import ExperimentConfig, apply_overrides
 from cluster.pipeline import DemoPlan, run_demo
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -27,3 +29,13 @@ def test_quick_demo_runs_every_stage(ray_session, tmp_path):
         assert (out / f).exists(), f
     assert json.loads((out / "report.json").read_text())["train_steps"] == 40
     assert "tensorboard --logdir" in text
+
+
+def test_long_cpu_recipe_keeps_the_make_run_architecture():
+    # README: configs/grf_long_cpu.json trains the `make run` model longer, with a bigger batch and fresh masks.
+    root = Path(__file__).resolve().parents[2]
+    long = ExperimentConfig.from_dict(json.loads((root / "configs" / "grf_long_cpu.json").read_text()))
+    demo = apply_overrides(ExperimentConfig(), list(DemoPlan.default("unused").model))
+    assert long.model == demo.model
+    assert (long.train.precision, long.train.batch_size, long.train.max_steps) == ("bf16", 64, 20000)
+    assert long.train.degrade == DemoPlan.default("unused").degrade

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,13 @@ def test_overrides_parse_json_never_eval():
     with pytest.raises(InputError, match="must be an integer"):
         apply_overrides(ExperimentConfig(), ["model.dim=__import__('os')"])
     json.dumps(ExperimentConfig().to_dict())
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_strictly(path):
+    cfg = ExperimentConfig.from_dict(json.loads(path.read_text()))
+    assert ExperimentConfig.from_json(cfg.to_json()) == cfg
+
