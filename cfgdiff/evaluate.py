@@ -19,13 +19,24 @@ import torch
 from .degrade import degrade_raw, parse_spec
 from .demo import grf_covariance, kriging
 from .errors import InputError
-from .metrics import coverage, known_error, mae_missing, mean_fill, posterior_mean_mse, psnr, rmse_missing, ssim
+from .metrics import coverage, known_error, mae_missing, mean_fill, posterior_mean_mse, psnr, ratio_of_means_ci, rmse_missing, ssim
 from .normalize import Normalization
 
 
 def score(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
           std_raw: np.ndarray | None = None, num_samples: int = 1) -> dict[str, float]:
-    """Mean metrics of (N, C, H, W) reconstructions in user units against targets.
+    """Mean metrics of (N, C, H, W) reconstructions in user units against targets (``score_rows`` averaged)."""
+    return _means(score_rows(recon_raw, target_raw, mask, norm, std_raw, num_samples))
+
+
+def _means(rows: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average per-row metrics, skipping rows without a value (no missing pixel)."""
+    return {k: float(torch.nanmean(v.float())) for k, v in rows.items()}
+
+
+def score_rows(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
+               std_raw: np.ndarray | None = None, num_samples: int = 1) -> dict[str, torch.Tensor]:
+    """Per-row metrics, (N,) each, in normalised units.
 
     With the std of ``num_samples`` > 1 samples, ``mse_posterior_mean`` is the unbiased estimate of
     the missing-pixel MSE of the model's posterior mean (``metrics.posterior_mean_mse``).
@@ -43,7 +54,7 @@ def score(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm:
         out["coverage_2std"] = coverage(rec, std_n, tgt, m)
         if num_samples > 1:
             out["mse_posterior_mean"] = posterior_mean_mse(rec, std_n, tgt, m, num_samples)
-    return {k: float(torch.nanmean(v.float())) for k, v in out.items()}
+    return out
 
 
 def mean_fill_raw(cond_raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -133,8 +144,8 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=opts.steps, w=w, num_samples=opts.num_samples, seed=opts.seed,
                             method=opts.method, degrade_spec=spec)
-        rows = {"cfgdiff": {**score(r.mean, target, mask, norm, r.std if opts.num_samples > 1 else None,
-                                    opts.num_samples),
+        model_rows = score_rows(r.mean, target, mask, norm, r.std if opts.num_samples > 1 else None, opts.num_samples)
+        rows = {"cfgdiff": {**_means(model_rows),
                             "seconds": time.time() - t0, "model_calls": r.num_model_calls}}
         is_mask = bool(mask.any())
         for name, why in avail.items():
@@ -144,11 +155,15 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
                 rows[name] = {"skipped": why}
         if use_bayes and is_mask:
             kr, kr_std = kriging_raw(cond, mask, demo)
-            rows["kriging (Bayes optimum)"] = score(kr, target, mask, norm, kr_std)
+            bayes_rows = score_rows(kr, target, mask, norm, kr_std)
+            rows["kriging (Bayes optimum)"] = _means(bayes_rows)
             bayes = rows["kriging (Bayes optimum)"]["mse_missing"]
             rows["cfgdiff"]["mse_over_bayes"] = rows["cfgdiff"]["mse_missing"] / bayes  # the mean of K as shown
             if "mse_posterior_mean" in rows["cfgdiff"]:  # the model's posterior mean (K-sample noise removed)
                 rows["cfgdiff"]["posterior_mean_mse_over_bayes"] = rows["cfgdiff"]["mse_posterior_mean"] / bayes
+                if len(target) >= 2:  # 95% bootstrap interval over the evaluated fields
+                    rows["cfgdiff"]["posterior_mean_mse_over_bayes_ci95"] = list(ratio_of_means_ci(
+                        model_rows["mse_posterior_mean"], bayes_rows["mse_missing"], seed=opts.seed))
             miss = mask.astype(bool).repeat(target.shape[1], 1) == 0
             if opts.num_samples > 1:
                 rows["cfgdiff"]["std_over_exact_std"] = float(r.std[miss].mean() / max(kr_std[miss].mean(), 1e-12))

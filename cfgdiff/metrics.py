@@ -81,6 +81,24 @@ def posterior_mean_mse(mean: torch.Tensor, std: torch.Tensor, ref: torch.Tensor,
     return mse - (std.float().pow(2) * m).flatten(1).sum(1) / n / num_samples
 
 
+def ratio_of_means_ci(num: torch.Tensor, den: torch.Tensor, level: float = 0.95, n_boot: int = 2000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(num) / mean(den)`` over paired rows (Efron & Tibshirani 1993,
+    ch. 13): rows are resampled with replacement, so the interval shows how much the ratio depends on which
+    fields were drawn. Rows where either value is NaN are dropped, as ``nanmean`` drops them."""
+    num, den = num.double().flatten(), den.double().flatten()
+    keep = ~(num.isnan() | den.isnan())
+    num, den = num[keep], den[keep]
+    if len(num) < 2:
+        raise ValueError(f"need at least 2 rows for a bootstrap interval, got {len(num)}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(num), (n_boot, len(num)), generator=g)
+    boot = num[idx].mean(1) / den[idx].mean(1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(boot, q).tolist()
+    return lo, hi
+
+
 def known_error(x: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Largest |x - known| over the known pixels (mask = 1); 0 after exact projection."""
     m = mask.bool().expand_as(x)

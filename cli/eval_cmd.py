@@ -46,7 +46,10 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, w, num_samples, s
             cov = f"{r['coverage_2std']:7.3f}" if "coverage_2std" in r else f"{'-':>7}"
             click.echo(f"{spec:<16} {name:<24} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['mae_missing']:9.4f} {ratio} {cov}")
         if "posterior_mean_mse_over_bayes" in rows.get("cfgdiff", {}):
-            click.echo(f"{spec:<16} {'posterior mean MSE/Bayes':<24} {rows['cfgdiff']['posterior_mean_mse_over_bayes']:7.3f}"
+            c = rows["cfgdiff"]
+            ci = c.get("posterior_mean_mse_over_bayes_ci95")
+            ci = f"  95% CI over fields [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            click.echo(f"{spec:<16} {'posterior mean MSE/Bayes':<24} {c['posterior_mean_mse_over_bayes']:7.3f}{ci}"
                        "  (K-sample noise removed; the plain mean of K carries +1/K)")
         if "std_over_exact_std" in rows.get("cfgdiff", {}):
             click.echo(f"{spec:<16} {'sample std / exact std':<24} {rows['cfgdiff']['std_over_exact_std']:7.3f}")

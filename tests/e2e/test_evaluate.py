@@ -28,6 +28,8 @@ def test_evaluate_baselines_bayes_and_sweep(tiny_checkpoint, tiny_data, tmp_path
         assert rows["cfgdiff"]["known_error"] == 0.0 and rows["cfgdiff"]["mse_over_bayes"] > 0
         c = rows["cfgdiff"]
         assert c["posterior_mean_mse_over_bayes"] < c["mse_over_bayes"]  # K = 2 samples' noise removed
+        lo, hi = c["posterior_mean_mse_over_bayes_ci95"]
+        assert lo <= c["posterior_mean_mse_over_bayes"] <= hi and lo < hi
         assert 0 < rows["cfgdiff"]["std_over_exact_std"] and 0 <= rows["cfgdiff"]["coverage_2std"] <= 1
     calls = [r["model_calls"] for r in doc["quality_vs_cost"]]
     assert calls == [4, 8, 8 + 2 * 2 * 1], calls  # CFG doubles; RePaint j=2, r=2 on 4 steps adds one 2-step pass

@@ -10,6 +10,7 @@ from cfgdiff.metrics import (
     mean_fill,
     posterior_mean_mse,
     psnr,
+    ratio_of_means_ci,
     rmse_missing,
     ssim,
     std_error_correlation,
@@ -63,6 +64,28 @@ def test_mean_fill_and_calibration():
     cov = coverage(mean, std, truth, m).item()
     assert abs(cov - 0.9545) < 0.01
     assert std_error_correlation(std, mean, truth, m).item() > 0.2
+
+
+def test_ratio_ci_matches_the_normal_interval_and_covers_at_its_level():
+    g = torch.Generator().manual_seed(0)
+    # den = 1: the ratio is a plain mean, whose 95% interval is mean +- 1.96 s / sqrt(n) (CLT closed form)
+    num = torch.distributions.Exponential(torch.tensor(2.0)).sample((400,))
+    lo, hi = ratio_of_means_ci(num, torch.ones(400), n_boot=4000)
+    half = 1.96 * num.std().item() / math.sqrt(400)
+    assert abs((hi - lo) / 2 - half) < 0.1 * half and abs((lo + hi) / 2 - num.mean().item()) < 0.1 * half
+    # paired rows, true ratio 1.5: the interval covers it in about 95% of repeated draws
+    covered = 0
+    for rep in range(200):
+        den = 0.5 + torch.rand(100, generator=g)
+        num = 1.5 * den * (1 + 0.3 * torch.randn(100, generator=g))
+        lo, hi = ratio_of_means_ci(num, den, n_boot=500, seed=rep)
+        covered += lo <= 1.5 <= hi
+    assert 0.88 <= covered / 200 <= 0.99, covered
+    # an exact ratio has a zero-width interval; NaN rows (no missing pixel) are dropped in pairs
+    den = torch.tensor([1.0, 2.0, float("nan"), 4.0])
+    assert ratio_of_means_ci(2 * den, den) == pytest.approx((2.0, 2.0))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        ratio_of_means_ci(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 1.0]))
 
 
 def test_posterior_mean_mse_removes_the_k_sample_noise():
