@@ -19,7 +19,19 @@ import torch
 from .degrade import degrade_raw, parse_spec
 from .demo import grf_covariance, kriging
 from .errors import InputError
-from .metrics import coverage, known_error, mae_missing, mean_fill, posterior_mean_mse, psnr, ratio_of_means_ci, rmse_missing, ssim
+from .metrics import (
+    coverage,
+    exact_sample_coverage,
+    exact_sample_std_ratio,
+    known_error,
+    mae_missing,
+    mean_fill,
+    posterior_mean_mse,
+    psnr,
+    ratio_of_means_ci,
+    rmse_missing,
+    ssim,
+)
 from .normalize import Normalization
 
 
@@ -80,10 +92,11 @@ def kriging_raw(cond_raw: np.ndarray, mask: np.ndarray, demo: dict) -> tuple[np.
 @dataclass(frozen=True)
 class EvalOptions:
     degrade: tuple[str, ...] = ("drop:0.9", "box:0.4:random", "strokes:5", "half")  # one table row group each
-    steps: int = 25  # DDIM steps
+    steps: int = 25  # sampler steps
     w: float | None = None  # guidance (default: the checkpoint's)
     num_samples: int = 4  # K samples per row: posterior mean and std
-    method: str = "ddim"
+    method: str = "ddim"  # ddim or ddpm
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic; DDPM ignores it)
     limit: int = 32  # rows of the test split
     split: str = "val"  # dataset split
     seed: int = 0
@@ -143,10 +156,12 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         cond, mask = _degrade_raw(target, spec, norm, opts.seed)
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=opts.steps, w=w, num_samples=opts.num_samples, seed=opts.seed,
-                            method=opts.method, degrade_spec=spec)
+                            method=opts.method, eta=opts.eta, degrade_spec=spec)
         model_rows = score_rows(r.mean, target, mask, norm, r.std if opts.num_samples > 1 else None, opts.num_samples)
         rows = {"cfgdiff": {**_means(model_rows),
                             "seconds": time.time() - t0, "model_calls": r.num_model_calls}}
+        if opts.num_samples > 1:  # what exact posterior samples would score at this K (not 0.95: K is finite)
+            rows["cfgdiff"]["coverage_2std_of_exact_samples"] = exact_sample_coverage(opts.num_samples)
         is_mask = bool(mask.any())
         for name, why in avail.items():
             if why is None and is_mask:
@@ -167,13 +182,15 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
             miss = mask.astype(bool).repeat(target.shape[1], 1) == 0
             if opts.num_samples > 1:
                 rows["cfgdiff"]["std_over_exact_std"] = float(r.std[miss].mean() / max(kr_std[miss].mean(), 1e-12))
+                rows["cfgdiff"]["std_over_exact_std_of_exact_samples"] = exact_sample_std_ratio(opts.num_samples)
         results[spec] = rows
         grids.append((spec, cond, mask, r, target))
         if progress:
             progress(spec)
     sweep = _sweep(rec, target, opts, w, norm) if opts.sweep else []
-    doc = {"checkpoint": ckpt_path, "data": data, "rows": int(len(target)), "w": w, "steps": opts.steps,
-           "num_samples": opts.num_samples, "units": "normalised target units (min/max range 2)",
+    doc = {"checkpoint": ckpt_path, "data": data, "rows": int(len(target)), "w": w, "method": opts.method,
+           "eta": opts.eta, "steps": opts.steps, "num_samples": opts.num_samples,
+           "units": "normalised target units (min/max range 2)",
            "results": results, "quality_vs_cost": sweep, "bayes_reference": use_bayes}
     if out_dir:
         out = Path(out_dir)

@@ -31,6 +31,8 @@ def test_evaluate_baselines_bayes_and_sweep(tiny_checkpoint, tiny_data, tmp_path
         lo, hi = c["posterior_mean_mse_over_bayes_ci95"]
         assert lo <= c["posterior_mean_mse_over_bayes"] <= hi and lo < hi
         assert 0 < rows["cfgdiff"]["std_over_exact_std"] and 0 <= rows["cfgdiff"]["coverage_2std"] <= 1
+        assert c["coverage_2std_of_exact_samples"] == pytest.approx(0.6502, abs=1e-4)  # K = 2: (2/pi) atan(2/sqrt(1.5))
+        assert c["std_over_exact_std_of_exact_samples"] == pytest.approx(0.7979, abs=1e-4)  # c4(2) = sqrt(2/pi)
     calls = [r["model_calls"] for r in doc["quality_vs_cost"]]
     assert calls == [4, 8, 8 + 2 * 2 * 1], calls  # CFG doubles; RePaint j=2, r=2 on 4 steps adds one 2-step pass
     assert (tmp_path / "ev" / "evaluate.png").exists() and (tmp_path / "ev" / "evaluate.json").exists()
@@ -40,5 +42,12 @@ def test_evaluate_cli_table_and_errors(tiny_checkpoint, tiny_data, tmp_path, cap
     code, out, _ = run(["evaluate", tiny_checkpoint, "--data", str(tiny_data), "--degrade", "half", "--limit", "4",
                         "--steps", "2", "--num-samples", "2"], capsys)
     assert code == 0 and "half" in out and "mean-fill" in out and "cfgdiff" in out and "biharmonic" in out
+    assert "coverage 2 std" in out and "exact samples score 0.650 at K=2" in out
     code, _, err = run(["evaluate", tiny_checkpoint, "--data", str(tiny_data), "--degrade", "smear:1"], capsys)
     assert code == 2 and "unknown kind 'smear'" in err
+    code, out, _ = run(["evaluate", tiny_checkpoint, "--data", str(tiny_data), "--degrade", "half", "--limit", "2",
+                        "--steps", "2", "--method", "ddpm", "--no-baselines", "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0 and "DDPM 2 steps" in out
+    assert json.loads((tmp_path / "ev" / "evaluate.json").read_text())["method"] == "ddpm"
+    code, _, err = run(["evaluate", tiny_checkpoint, "--data", str(tiny_data), "--eta", "1.5"], capsys)
+    assert code == 2 and "--eta" in err

@@ -5,6 +5,8 @@ import torch
 
 from cfgdiff.metrics import (
     coverage,
+    exact_sample_coverage,
+    exact_sample_std_ratio,
     known_error,
     mae_missing,
     mean_fill,
@@ -86,6 +88,28 @@ def test_ratio_ci_matches_the_normal_interval_and_covers_at_its_level():
     assert ratio_of_means_ci(2 * den, den) == pytest.approx((2.0, 2.0))
     with pytest.raises(ValueError, match="at least 2 rows"):
         ratio_of_means_ci(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 1.0]))
+
+
+def test_exact_sample_calibration_closed_forms_and_monte_carlo():
+    # Student-t closed forms: nu = 1 is Cauchy, P(|T| <= a) = (2/pi) atan(a); nu = 2: a / sqrt(2 + a^2)
+    a2, a3 = 2 / math.sqrt(1.5), 2 / math.sqrt(4 / 3)
+    assert exact_sample_coverage(2) == pytest.approx(2 / math.pi * math.atan(a2), abs=1e-9)
+    assert exact_sample_coverage(3) == pytest.approx(a3 / math.sqrt(2 + a3 * a3), abs=1e-9)
+    assert exact_sample_coverage(10**6) == pytest.approx(math.erf(2 / math.sqrt(2)), abs=1e-5)
+    assert exact_sample_std_ratio(2) == pytest.approx(math.sqrt(2 / math.pi), abs=1e-12)  # c4(2)
+    # the metrics as evaluate computes them, on exact posterior samples: truth and K samples i.i.d.
+    g = torch.Generator().manual_seed(0)
+    for K in (4, 16):
+        sigma = 0.5 + torch.rand(2000, 1, 8, 8, generator=g)  # a different posterior std per pixel
+        mu = torch.randn(2000, 1, 8, 8, generator=g)
+        truth = mu + sigma * torch.randn(2000, 1, 8, 8, generator=g)
+        samples = mu[:, None] + sigma[:, None] * torch.randn(2000, K, 1, 8, 8, generator=g)
+        mean, std = samples.mean(1), samples.std(1, unbiased=True)
+        mask = torch.zeros(2000, 1, 8, 8)
+        assert coverage(mean, std, truth, mask).mean().item() == pytest.approx(exact_sample_coverage(K), abs=0.005)
+        assert (std / sigma).mean().item() == pytest.approx(exact_sample_std_ratio(K), abs=0.005)
+    with pytest.raises(ValueError, match="num_samples"):
+        exact_sample_coverage(1)
 
 
 def test_posterior_mean_mse_removes_the_k_sample_noise():
