@@ -38,10 +38,10 @@ from .normalize import Normalization
 def score(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
           std_raw: np.ndarray | None = None, num_samples: int = 1) -> dict[str, float]:
     """Mean metrics of (N, C, H, W) reconstructions in user units against targets (``score_rows`` averaged)."""
-    return _means(score_rows(recon_raw, target_raw, mask, norm, std_raw, num_samples))
+    return mean_rows(score_rows(recon_raw, target_raw, mask, norm, std_raw, num_samples))
 
 
-def _means(rows: dict[str, torch.Tensor]) -> dict[str, float]:
+def mean_rows(rows: dict[str, torch.Tensor]) -> dict[str, float]:
     """Average per-row metrics, skipping rows without a value (no missing pixel)."""
     return {k: float(torch.nanmean(v.float())) for k, v in rows.items()}
 
@@ -158,7 +158,7 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         r = rec.reconstruct(cond, mask, steps=opts.steps, w=w, num_samples=opts.num_samples, seed=opts.seed,
                             method=opts.method, eta=opts.eta, degrade_spec=spec)
         model_rows = score_rows(r.mean, target, mask, norm, r.std if opts.num_samples > 1 else None, opts.num_samples)
-        rows = {"cfgdiff": {**_means(model_rows),
+        rows = {"cfgdiff": {**mean_rows(model_rows),
                             "seconds": time.time() - t0, "model_calls": r.num_model_calls}}
         if opts.num_samples > 1:  # what exact posterior samples would score at this K (not 0.95: K is finite)
             rows["cfgdiff"]["coverage_2std_of_exact_samples"] = exact_sample_coverage(opts.num_samples)
@@ -171,7 +171,7 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         if use_bayes and is_mask:
             kr, kr_std = kriging_raw(cond, mask, demo)
             bayes_rows = score_rows(kr, target, mask, norm, kr_std)
-            rows["kriging (Bayes optimum)"] = _means(bayes_rows)
+            rows["kriging (Bayes optimum)"] = mean_rows(bayes_rows)
             bayes = rows["kriging (Bayes optimum)"]["mse_missing"]
             rows["cfgdiff"]["mse_over_bayes"] = rows["cfgdiff"]["mse_missing"] / bayes  # the mean of K as shown
             if "mse_posterior_mean" in rows["cfgdiff"]:  # the model's posterior mean (K-sample noise removed)

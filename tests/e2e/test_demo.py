@@ -30,6 +30,9 @@ def test_quick_demo_runs_every_stage(ray_session, tmp_path):
     assert json.loads((out / "report.json").read_text())["train_steps"] == 40
     assert "tensorboard --logdir" in text
     assert "exact samples score 0.650 at K=2" in text  # coverage is read against the finite-K ideal, not 0.95
+    model = t["cfgdiff (mean of K)"]
+    lo, hi = model["posterior_mean_mse_ratio_ci95"]
+    assert lo <= model["posterior_mean_mse_ratio"] <= hi and "95% interval over the 32 fields" in text
 
 
 def test_long_cpu_recipe_keeps_the_make_run_architecture():
