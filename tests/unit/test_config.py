@@ -56,4 +56,3 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"
 def test_shipped_configs_load_strictly(path):
     cfg = ExperimentConfig.from_dict(json.loads(path.read_text()))
     assert ExperimentConfig.from_json(cfg.to_json()) == cfg
-
