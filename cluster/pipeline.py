@@ -125,13 +125,13 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
     echo(f"{'method':<24} {'PSNR dB':>8} {'SSIM':>6} {'MAE miss':>9} {'MSE/Bayes':>10}")
     for name, r in report["table"].items():
         echo(f"{name:<24} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['mae_missing']:>9.4f} {r['mse_ratio']:>10.2f}")
-    pm = report["table"]["cfgdiff (mean of K)"].get("posterior_mean_mse_ratio")
+    model = report["table"]["cfgdiff (mean of K)"]
+    pm = model.get("posterior_mean_mse_ratio")
     if pm is not None:
-        lo, hi = report["table"]["cfgdiff (mean of K)"]["posterior_mean_mse_ratio_ci95"]
+        lo, hi = model["posterior_mean_mse_ratio_ci95"]
         echo(f"cfgdiff posterior mean (K-sample noise removed): MSE/Bayes {pm:.2f}, 95% interval over the "
              f"{report['rows']} fields [{lo:.2f}, {hi:.2f}]  (a perfect sampler's plain mean of K={plan.infer_samples} "
              f"scores {1 + 1 / plan.infer_samples:.2f})")
-    model = report["table"]["cfgdiff (mean of K)"]
     ideal = f" (exact samples score {exact_sample_coverage(plan.infer_samples):.3f} at K={plan.infer_samples})" \
         if plan.infer_samples > 1 else ""
     echo(f"model coverage of mean +- 2 std: {model.get('coverage_2std', float('nan')):.3f}{ideal}"
