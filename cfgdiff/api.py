@@ -21,6 +21,7 @@ from .errors import InputError
 from .normalize import Normalization
 from .sampling import sample
 from .schedule import NoiseSchedule
+from .validate import check_observations
 
 
 @dataclass
@@ -55,8 +56,8 @@ def prepare_inputs(cond_raw: np.ndarray, mask: np.ndarray | None, norm: Normaliz
         mask_t = torch.tensor(np.asarray(mask, dtype=np.float32))
         if not bool(((mask_t == 0) | (mask_t == 1)).all()):
             raise InputError("mask must be binary (1 = known, 0 = missing)")
-        if bool((torch.isnan(cond_t) & mask_t.bool()).any()):
-            raise InputError("condition is NaN where the mask says known")
+    check_observations(np.asarray(cond_raw, dtype=np.float32), mask_t.numpy(), "cond",
+                       offset=norm.condition.offset, scale=norm.condition.scale)
     cond_n = torch.nan_to_num(norm.condition.normalize(cond_t), nan=0.0)
     known = None
     if cond_t.shape[1] == in_channels:
@@ -166,10 +167,19 @@ class Reconstructor:
             raise InputError(f"cond is {cond_raw.shape[2]}x{cond_raw.shape[3]}, the model was trained on "
                              f"{mc.image_size[0]}x{mc.image_size[1]}")
         mask_a = as_nchw(mask, 1, "mask") if mask is not None else None
-        if num_samples < 1:
-            raise InputError(f"num_samples must be >= 1, got {num_samples}")
+        if len(cond_raw) == 0:
+            raise InputError("cond holds 0 rows; pass at least one")
+        if mask_a is not None and (len(mask_a) != len(cond_raw) or mask_a.shape[2:] != cond_raw.shape[2:]):
+            raise InputError(f"mask is {mask_a.shape} but cond is {cond_raw.shape}: they must have the same N, H, W")
+        for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(model_batch, int) or model_batch < 0:
+            raise InputError(f"model_batch must be an integer >= 0 (0 = whole batch), got {model_batch!r}")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise InputError(f"steps must be an integer >= 1, or None for the checkpoint's default; got {steps!r}")
         s = self.ckpt.config.sampler
-        s = replace(s, steps=steps or s.steps, w=s.w if w is None else w, method=method or s.method,
+        s = replace(s, steps=s.steps if steps is None else steps, w=s.w if w is None else w, method=method or s.method,
                     eta=s.eta if eta is None else eta, resample=resample if resample is not None else s.resample,
                     precision=precision or s.precision)
         cond_n, mask_t, known = prepare_inputs(cond_raw, mask_a, self.ckpt.normalization, mc.in_channels)

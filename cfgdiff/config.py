@@ -130,6 +130,7 @@ class TrainConfig:
     val_batches: int = 4  # validation batches for the eps loss
     val_samples: int = 16  # fixed validation batch for reconstruction metrics
     val_steps: int = 10  # DDIM steps for validation sampling
+    max_nonfinite: int = 3  # stop the run after this many consecutive steps with a non-finite loss
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
@@ -147,6 +148,7 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         _check(self.val_samples >= 1 and self.val_steps >= 1 and self.val_batches >= 1,
                "train.val_samples, train.val_steps and train.val_batches must be >= 1")
+        _check(self.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,28 @@ class ExperimentConfig:
     @classmethod
     def from_json(cls, s: str) -> ExperimentConfig:
         return cls.from_dict(json.loads(s))
+
+
+# Settings that a resumed run (``cfgdiff train --resume RUN --set ...``) applies from the resumed step.
+# Every other field is fixed by the saved weights, optimizer and data order: a change is refused.
+RESUME_MAY_CHANGE = ("train.max_steps", "train.ema_decay", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.val_batches", "train.val_samples", "train.val_steps",
+                     "train.precision", "train.compile", "train.channels_last", "train.max_nonfinite", "sampler.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_conflicts(saved: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """Dotted keys whose new value differs from the saved run's and that a resume cannot apply."""
+    a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    return [f"{k}: run has {a.get(k)!r}, got {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == m or (m.endswith(".") and k.startswith(m))
+                                                for m in RESUME_MAY_CHANGE)]
 
 
 # --- strict (de)serialisation --------------------------------------------------------------------

@@ -35,6 +35,7 @@ from .data import META, ArraySource, cell_dtype, tensor_field
 from .degrade import degrade_raw, parse_spec
 from .errors import InputError
 from .normalize import Normalization, RunningStats
+from .validate import check_observations, check_targets
 
 Progress = Callable[[str, int, int], None]
 COMPRESSIONS = ("auto", "lz4", "zstd", "none")
@@ -120,18 +121,12 @@ def _pass1(target, cond, mask, opts, progress) -> tuple[RunningStats | None, Run
         stop = min(N, start + opts.chunk_rows)
         if target is not None:
             x = target.read(start, stop)
-            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-                i = start + int(np.argwhere(~np.isfinite(x))[0][0])
-                raise InputError(f"{target.files[0]} (target): NaN or inf at row {i}; targets must be finite")
+            check_targets(x, f"{target.files[0]} (target)", rows=range(start, stop))
             t_stats.update(x)
         if cond is not None:
             c = cond.read(start, stop)
             m = _mask_for(c, mask.read(start, stop) if mask else None, opts, str(mask.files[0]) if mask else "")
-            if np.issubdtype(c.dtype, np.floating):
-                unknown_nan = np.isnan(c) & (m.astype(bool))
-                if unknown_nan.any():
-                    i = start + int(np.argwhere(unknown_nan)[0][0])
-                    raise InputError(f"{cond.files[0]} (condition): NaN at row {i} where the mask says known")
+            check_observations(c, m, f"{cond.files[0]} (condition)", rows=range(start, stop))
             c_stats.update(c, m.astype(bool) if m.any() else None)
             mask_kinds.add("explicit" if mask else ("nan_or_zeros" if m.any() else "none"))
         if progress:

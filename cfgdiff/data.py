@@ -29,6 +29,7 @@ import torch
 
 from .errors import InputError
 from .normalize import Normalization
+from .validate import check_observations, check_targets
 
 META = "cfgdiff.json"
 LAYOUTS = ("NHW", "NCHW", "NHWC")
@@ -247,15 +248,27 @@ def as_numpy_batch(batch: pa.Table | dict[str, np.ndarray]) -> dict[str, np.ndar
     return table_to_numpy(batch) if isinstance(batch, pa.Table) else batch
 
 
-def decode_batch(batch: pa.Table | dict[str, np.ndarray], norm: Normalization, device: str | torch.device = "cpu"
-                 ) -> dict[str, torch.Tensor]:
+def check_batch(batch: dict[str, np.ndarray], where: str = "dataset") -> None:
+    """Finiteness of a raw batch as it is decoded (convert checked it once; this catches shards damaged
+    since): targets finite, conditions NaN only where unknown and never inf. One vectorised pass."""
+    rows = np.asarray(batch["index"])
+    if "target" in batch:
+        check_targets(batch["target"], where, rows=rows)
+    if "condition" in batch:
+        check_observations(batch["condition"], batch.get("mask"), where, rows=rows)
+
+
+def decode_batch(batch: pa.Table | dict[str, np.ndarray], norm: Normalization, device: str | torch.device = "cpu",
+                 where: str = "dataset") -> dict[str, torch.Tensor]:
     """Raw columns -> model tensors: x0 (B, C, H, W) and, when present, cond (B, C_c, H, W) and mask.
 
     Normalises with the dataset's statistics; unknown (NaN) condition values become 0. Each column
-    is copied once (Arrow buffers are read-only) and then normalised in place.
+    is copied once (Arrow buffers are read-only) and then normalised in place. Non-finite values are
+    refused first (``check_batch``), naming the row's index and ``where``.
     """
     batch = as_numpy_batch(batch)
     out = {"index": torch.tensor(np.asarray(batch["index"], dtype=np.int64))}
+    check_batch(batch, where)
     if "target" in batch:
         out["x0"] = norm.target.normalize_numpy(batch["target"]).to(device)
     if "condition" in batch:

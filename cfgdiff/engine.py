@@ -92,7 +92,9 @@ class EMA:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay, self.num_updates = state["decay"], state["num_updates"]
+        """Restore the shadow weights and update count; the configured ``decay`` stays (a resumed run
+        with a new ``train.ema_decay`` applies it from the resumed step)."""
+        self.num_updates = state["num_updates"]
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
 
@@ -138,7 +140,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, lr_sched, schedule:
                timer: StepTimer | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step on a (per-worker) batch, with gradient accumulation over micro-batches.
 
-    Returns tensors (loss, grad_norm, drop_rate); reading them is the caller's choice of sync point.
+    Returns tensors (loss, grad_norm, drop_rate) and ``finite``: False when the gradient norm was NaN or
+    inf, in which case the optimizer step was skipped (the LR schedule still advances).
     With ``timer``, adds the time of forward+backward (DDP's all-reduce overlaps the backward) and
     of the optimizer (clipping, step, LR schedule) to it.
     """
@@ -167,11 +170,13 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, lr_sched, schedule:
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    opt.step()
+    finite = bool(torch.isfinite(grad_norm))  # one host sync; under DDP every rank sees the same all-reduced norm
+    if finite:  # a non-finite step leaves weights and optimizer moments untouched (the caller counts these)
+        opt.step()
     lr_sched.step()
     if timer is not None:
         timer.mark("optimizer", x0.device)
-    return {"loss": total, "grad_norm": grad_norm.detach(), "drop_rate": drop}
+    return {"loss": total, "grad_norm": grad_norm.detach(), "drop_rate": drop, "finite": finite}
 
 
 @torch.no_grad()
@@ -188,12 +193,19 @@ def eval_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, cond:
 @torch.no_grad()
 def reconstruct_and_score(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, cond: torch.Tensor,
                           mask: torch.Tensor, cfg: ExperimentConfig, sampler: SamplerConfig,
-                          seed: int = 0, clip_range=(-1.0, 1.0)) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sample reconstructions of a fixed validation batch and return (samples, mean metrics)."""
+                          seed: int = 0, clip_range=(-1.0, 1.0), norm=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sample reconstructions of a fixed validation batch and return (samples, mean metrics).
+
+    ``norm`` (the target's ``ChannelAffine``) puts PSNR/SSIM in user units with the stored data range;
+    without it they use range 2 in normalised units (the range of min/max-normalised data)."""
     model.eval()
     # the target equals the observation wherever mask = 1, so it serves as the projected values
     res = sample(model, cond, mask, schedule=schedule, known=x0, method=sampler.method, steps=sampler.steps,
                  eta=sampler.eta, w=sampler.w, resample=sampler.resample, seed=seed,
                  clip_x0=sampler.clip_x0, clip_range=clip_range, prediction=cfg.model.prediction)
-    m = reconstruction_metrics(res.x0, x0, mask)
+    if norm is None:
+        m = reconstruction_metrics(res.x0, x0, mask, 2.0)
+    else:
+        m = reconstruction_metrics(norm.denormalize(res.x0), norm.denormalize(x0), mask,
+                                   norm.data_range_tensor().to(x0.device))
     return res.x0, {k: float(torch.nanmean(v)) for k, v in m.items()}

@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class CheckpointError(InputError):
     """A checkpoint directory that is missing, truncated, tampered with or of an unknown format."""
+
+
+class NonFiniteError(InputError):
+    """Training produced a non-finite loss for ``train.max_nonfinite`` consecutive steps."""

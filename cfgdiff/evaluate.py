@@ -1,8 +1,9 @@
 """Scoring reconstructions against targets, with the mean-fill baseline and, for Gaussian random
 field demo data, the Bayes optimum (the exact kriging posterior).
 
-All metrics are computed in normalised target units (data range 2 for min/max normalisation),
-the same units the training loop's validation uses.
+PSNR and SSIM are those of the user-unit arrays with the training data's range (hi - lo per channel,
+stored with the normalisation) as the peak, as in the training loop's validation; errors (MAE, MSE)
+are in normalised target units, where the ratios are read.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .metrics import (
     ssim,
 )
 from .normalize import Normalization
+from .validate import check_targets
 
 
 def score(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
@@ -48,7 +50,8 @@ def mean_rows(rows: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def score_rows(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
                std_raw: np.ndarray | None = None, num_samples: int = 1) -> dict[str, torch.Tensor]:
-    """Per-row metrics, (N,) each, in normalised units.
+    """Per-row metrics, (N,) each: PSNR/SSIM in user units with the stored data range (hi - lo of the
+    training data, per channel), errors in normalised units.
 
     With the std of ``num_samples`` > 1 samples, ``mse_posterior_mean`` is the unbiased estimate of
     the missing-pixel MSE of the model's posterior mean (``metrics.posterior_mean_mse``).
@@ -56,7 +59,10 @@ def score_rows(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, 
     rec = norm.target.normalize(torch.from_numpy(np.ascontiguousarray(recon_raw, dtype=np.float32)))
     tgt = norm.target.normalize(torch.from_numpy(np.ascontiguousarray(target_raw, dtype=np.float32)))
     m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
-    out = {"psnr": psnr(rec, tgt, 2.0), "ssim": ssim(rec, tgt, 2.0), "mae_missing": mae_missing(rec, tgt, m),
+    rec_u = torch.from_numpy(np.ascontiguousarray(recon_raw, dtype=np.float32))
+    tgt_u = torch.from_numpy(np.ascontiguousarray(target_raw, dtype=np.float32))
+    rng = norm.target.data_range_tensor()  # PSNR/SSIM in user units, peak = the data's hi - lo per channel
+    out = {"psnr": psnr(rec_u, tgt_u, rng), "ssim": ssim(rec_u, tgt_u, rng), "mae_missing": mae_missing(rec, tgt, m),
            "mse_missing": rmse_missing(rec, tgt, m).pow(2),
            "known_error": known_error(torch.from_numpy(np.ascontiguousarray(recon_raw, dtype=np.float32)),
                                       torch.from_numpy(np.ascontiguousarray(target_raw, dtype=np.float32)), m)}
@@ -114,13 +120,16 @@ def _targets(data: str, split: str, limit: int) -> tuple[np.ndarray, dict | None
         x = np.load(p, mmap_mode="r")
         x = np.asarray(x[:limit], dtype=np.float32)
         x = x[:, None] if x.ndim == 3 else x
+        check_targets(x, f"--data {p}")
         demo = p.with_name("demo.json")
     else:
         meta = DatasetMeta.load(p)
         raw = read_split(meta.split_dir(split), limit=limit)
         if "target" not in raw:
             raise InputError(f"--data {p}: holds no targets to score against")
-        x = raw["target"][np.argsort(raw["index"])].astype(np.float32)
+        order = np.argsort(raw["index"])
+        check_targets(raw["target"][order], f"--data {p} ({split} split)", rows=raw["index"][order])
+        x = raw["target"][order].astype(np.float32)
         src = (meta.doc.get("sources") or {}).get("target") or [{}]
         demo = Path(src[0].get("path", "/nonexistent")).with_name("demo.json")
     return x, (json.loads(demo.read_text()) if demo.is_file() else None)
@@ -131,8 +140,24 @@ def _degrade_raw(target: np.ndarray, spec: str, norm: Normalization, seed: int) 
     return cond.numpy(), mask.numpy()
 
 
+def parse_sweep(item: str) -> tuple[str, int, tuple[int, int] | None]:
+    """``METHOD:STEPS[:rJ,R]`` -> (method, steps, resample), e.g. ``ddim:25:r5,3``."""
+    parts = item.split(":")
+    try:
+        method, steps = parts[0], int(parts[1])
+        resample = tuple(int(v) for v in parts[2][1:].split(",")) if len(parts) > 2 else None
+        ok = (method in ("ddim", "ddpm") and steps >= 1 and len(parts) <= 3
+              and (resample is None or (parts[2][0] == "r" and len(resample) == 2 and min(resample) >= 1)))
+    except (IndexError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"--sweep {item!r}: expected METHOD:STEPS[:rJ,R] with METHOD ddim or ddpm, "
+                         "e.g. ddim:10 or ddim:25:r5,3")
+    return method, steps, resample
+
+
 def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None = None,
-                   progress=None) -> dict:
+                   progress=None, overwrite: bool = False) -> dict:
     """Score the model and classical baselines per degradation; Bayes optimum for GRF demo data."""
     from .api import load
     from .baselines import BASELINES, available
@@ -140,6 +165,10 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
 
     for s in opts.degrade:
         parse_spec(s)
+    for item in opts.sweep:
+        parse_sweep(item)
+    if out_dir and (Path(out_dir) / "evaluate.json").exists() and not overwrite:
+        raise InputError(f"--out {out_dir}: evaluate.json exists; pass --overwrite to replace it")
     rec = load(ckpt_path)
     norm, mc = rec.ckpt.normalization, rec.config.model
     target, demo = _targets(data, opts.split, opts.limit)
@@ -190,7 +219,9 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
     sweep = _sweep(rec, target, opts, w, norm) if opts.sweep else []
     doc = {"checkpoint": ckpt_path, "data": data, "rows": int(len(target)), "w": w, "method": opts.method,
            "eta": opts.eta, "steps": opts.steps, "num_samples": opts.num_samples,
-           "units": "normalised target units (min/max range 2)",
+           "units": "PSNR/SSIM in data units with peak " + ", ".join(f"{r:.4g}" for r in norm.target.data_range())
+                    + " (hi - lo per channel); MAE/MSE in normalised units",
+           "data_range": list(norm.target.data_range()),
            "results": results, "quality_vs_cost": sweep, "bayes_reference": use_bayes}
     if out_dir:
         out = Path(out_dir)
@@ -214,9 +245,7 @@ def _sweep(rec, target, opts: EvalOptions, w: float, norm: Normalization) -> lis
     cond, mask = _degrade_raw(target, opts.degrade[0], norm, opts.seed)
     rows = []
     for item in opts.sweep:
-        parts = item.split(":")
-        method, steps = parts[0], int(parts[1])
-        resample = tuple(int(v) for v in parts[2][1:].split(",")) if len(parts) > 2 else None
+        method, steps, resample = parse_sweep(item)
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=steps, w=w, num_samples=1, seed=opts.seed, method=method,
                             eta=1.0 if method == "ddpm" else 0.0, resample=resample, degrade_spec=opts.degrade[0])

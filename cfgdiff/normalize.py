@@ -62,6 +62,17 @@ class ChannelAffine:
             torch.tensor(self.scale, dtype=torch.float64)
         return lo.float().view(1, -1, 1, 1), hi.float().view(1, -1, 1, 1)
 
+    def data_range(self) -> tuple[float, ...]:
+        """Per-channel data range hi - lo in user units (the PSNR/SSIM peak); 2 * scale when the
+        extremes were not stored (min/max: the same thing) or are equal."""
+        if self.lo is None or self.hi is None:
+            return tuple(2.0 * s for s in self.scale)
+        return tuple(h - lo if h > lo else 2.0 * s for lo, h, s in zip(self.lo, self.hi, self.scale))
+
+    def data_range_tensor(self) -> torch.Tensor:
+        """``data_range`` as a (1, C, 1, 1) float64 tensor, for ``metrics.psnr``/``ssim`` on user-unit arrays."""
+        return torch.tensor(self.data_range(), dtype=torch.float64).view(1, -1, 1, 1)
+
     def to_dict(self) -> dict:
         d = {"offset": list(self.offset), "scale": list(self.scale)}
         if self.lo is not None:

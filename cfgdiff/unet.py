@@ -75,8 +75,8 @@ class ConditionalUNet(nn.Module):
         for i in reversed(range(L)):
             self.up.append(_Level([2 * chs[i]] * n, chs[i], emb_dim, cfg, lin[i], cross[i]))
             self.up_samplers.append(Upsample(chs[i], chs[i - 1]) if i > 0 else nn.Identity())
-        self.out_norm = GroupNorm32(cfg.groups, dim)
-        self.out_conv = nn.Conv2d(dim, C, 3, padding=1)
+        self.out_norm = GroupNorm32(cfg.groups, chs[0])  # the last up level leaves dim * dim_mults[0] channels
+        self.out_conv = nn.Conv2d(chs[0], C, 3, padding=1)
 
     def check_inputs(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> None:
         cfg = self.cfg

@@ -26,8 +26,10 @@ from cfgdiff.evaluate import EvalOptions, run_evaluation
               help="Quality against cost on the first degradation, e.g. --sweep ddim:10 --sweep ddpm:1000 --sweep ddim:25:r5,3.")
 @click.option("--no-baselines", is_flag=True, help="Skip the classical baselines.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Write evaluate.json and evaluate.png here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT/evaluate.json.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, num_samples, sweep, no_baselines, out, seed):
+def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, num_samples, sweep, no_baselines, out,
+                 overwrite, seed):
     """Score reconstructions per degradation against classical baselines (mean-fill, linear
     interpolation, biharmonic, OpenCV Telea/Navier-Stokes) and, for Gaussian-random-field demo
     data, against the Bayes optimum (exact kriging posterior). Runs in this process (no Ray)."""
@@ -36,7 +38,8 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
     opts = EvalOptions(degrade=tuple(specs) or EvalOptions().degrade, steps=steps, method=method, eta=eta, w=w,
                        num_samples=num_samples, limit=limit, split=split, seed=seed, sweep=tuple(sweep),
                        baselines=not no_baselines)
-    doc = run_evaluation(checkpoint, data, opts, out, progress=lambda s: click.echo(f"scored {s}", err=True))
+    doc = run_evaluation(checkpoint, data, opts, out, progress=lambda s: click.echo(f"scored {s}", err=True),
+                         overwrite=overwrite)
     sampler = f"{method.upper()} {steps} steps" + (f", eta {eta:g}" if method == "ddim" and eta else "")
     click.echo(f"{doc['rows']} rows, {sampler}, w={doc['w']:g}, K={num_samples}; "
                f"metrics in {doc['units']}")

@@ -32,8 +32,8 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
               "--num-samples > 1 OUT.std.npy, OUT.samples.npy) are written beside it.")
 @click.option("--mask", help="Mask array (1 = known) for .npy/.npz conditions.")
 @click.option("--degrade", metavar="SPEC", help="Degrade clean targets (benchmarking), e.g. drop:0.8 or sr:2.")
-@click.option("--split", type=click.Choice(["train", "val", "all"]), default="val", show_default=True,
-              help="Split of a dataset directory to reconstruct.")
+@click.option("--split", type=click.Choice(["train", "val", "all"]), default=None,
+              help="Split of a dataset directory to reconstruct [default: val]; array inputs are reconstructed whole.")
 @ray_options
 @click.option("--actors", type=int, default=1, show_default=True, help="Parallel inference actors.")
 @click.option("--gpus-per-actor", type=float, default=0.0, show_default=True)
@@ -72,11 +72,12 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
     ck = load_checkpoint(checkpoint)
     s = ck.config.sampler
     try:
-        sampler = SamplerConfig(method=method or s.method, steps=steps or s.steps, eta=s.eta if eta is None else eta,
+        sampler = SamplerConfig(method=method or s.method, steps=s.steps if steps is None else steps,
+                                eta=s.eta if eta is None else eta,
                                 w=s.w if w is None else w, resample=parse_resample(resample) or s.resample,
                                 clip_x0=s.clip_x0, precision=precision or s.precision)
     except ValueError as e:
-        raise InputError(str(e)) from None
+        raise InputError(str(e).replace("sampler.", "--")) from None
     if sampler.steps > ck.config.schedule.num_timesteps:
         raise InputError(f"--steps {sampler.steps} exceeds the schedule's T={ck.config.schedule.num_timesteps}")
     job = InferJob(checkpoint=checkpoint, input=input_, out=out, mask=mask, degrade=degrade, split=split,

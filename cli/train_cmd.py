@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cfgdiff.config import ExperimentConfig
+from cfgdiff.config import ExperimentConfig, resume_conflicts
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
@@ -39,7 +39,11 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override, e.g. --set model.dim=64 (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Train for N passes over the data (overrides train.max_steps).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (train.max_steps).")
-@click.option("--resume", default=None, metavar="RUN", help="Continue run RUN (under --storage) from its last checkpoint.")
+@click.option("--resume", default=None, metavar="RUN",
+              help="Continue run RUN (under --storage) from its last checkpoint, exactly (same data order and noise). "
+                   "--steps and --set train.ema_decay/log_every/checkpoint_every/keep_checkpoints/val_*/precision/"
+                   "compile/max_nonfinite and sampler.* apply from the resumed step; any other changed setting "
+                   "is refused (exit 2).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="bf16 autocast (GPU, or CPU with AVX512-BF16/AMX).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
@@ -74,6 +78,8 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, con
         if (Path(storage) / name / "config.json").exists():
             raise InputError(f"--name {name}: a run already exists under {storage}; use --resume {name} or a new --name")
     cfg = config_for_data(meta, base, extra)
+    if resume and (conflicts := resume_conflicts(base, cfg)):
+        raise InputError(f"--resume {name}: cannot change {conflicts[0]} (start a new --name instead)")
     info = start_ray(ray_address, num_cpus, quiet=click.get_current_context().obj.get("verbose") is not True)
     try:
         job = TrainJob(data_dir=data, config=cfg, run_name=name, storage=storage, workers=workers, use_gpu=gpu,

@@ -40,6 +40,7 @@ from cfgdiff.data import META, DatasetMeta, as_numpy_batch, iter_parquet_batches
 from cfgdiff.errors import InputError
 from cfgdiff.metrics import coverage, known_error, mae_missing, psnr, ssim, std_error_correlation
 from cfgdiff.schedule import NoiseSchedule
+from cfgdiff.validate import check_observations
 from cfgdiff.viz import image_grid, write_png
 
 
@@ -51,7 +52,7 @@ class InferJob:
     mask: str | None = None  # mask array for .npy/.npz conditions
     condition: str | None = None  # condition array when `input` holds targets
     degrade: str | None = None  # make conditions from clean targets (benchmarking)
-    split: str = "val"  # which split of a dataset directory ("train", "val" or "all")
+    split: str | None = None  # split of a dataset directory ("train", "val" or "all"; None = "val"); arrays are whole
     actors: int = 1  # inference actors
     gpus_per_actor: float = 0.0  # GPUs per actor
     cpus_per_actor: float = 1.0  # logical CPUs per actor
@@ -78,13 +79,17 @@ def _outputs(job: InferJob) -> list[Path]:
     return files
 
 
-def _prepare_input(job: InferJob, tmp: Path) -> DatasetMeta:
-    """A cfgdiff dataset for any input: used as is, or converted (validated) into ``tmp``."""
+def _prepare_input(job: InferJob, tmp: Path) -> tuple[DatasetMeta, str]:
+    """A cfgdiff dataset for any input, and the split to reconstruct: a dataset directory is used as
+    is (``job.split``, default val); arrays are converted (validated) into ``tmp`` and reconstructed whole."""
     src = Path(job.input)
     if src.is_dir() and (src / META).is_file():
         if job.degrade or job.mask or job.condition:
             raise InputError("--degrade/--mask/--condition apply to array inputs, not to a converted dataset")
-        return DatasetMeta.load(src)
+        return DatasetMeta.load(src), job.split or "val"
+    if job.split is not None:
+        raise InputError(f"--split {job.split}: applies to cfgdiff dataset directories; array input {src} is "
+                         "reconstructed whole")
     if src.suffix in (".npy", ".npz") or src.is_dir():
         opts = ConvertOptions(condition=job.condition, mask=job.mask, degrade=job.degrade, val_fraction=0.0,
                               seed=job.seed)
@@ -96,7 +101,7 @@ def _prepare_input(job: InferJob, tmp: Path) -> DatasetMeta:
         meta = DatasetMeta.load(tmp / "in")
         if meta.doc["mask_source"] == "none":
             raise InputError(f"--input {src}: no mask; pass --mask M (1 = known) or mark missing pixels as NaN")
-        return meta
+        return meta, "all"
     raise InputError(f"--input {src}: expected a cfgdiff dataset directory, a .npy/.npz file or a .npy directory")
 
 
@@ -128,6 +133,19 @@ def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
         raise InputError(f"--input {meta.root}: targets have {t[0]} channels, the checkpoint {mc.in_channels}")
     if job.actors < 1 or job.batch_size < 1 or job.num_samples < 1:
         raise InputError("--actors, --batch-size and --num-samples must be >= 1")
+    if job.model_batch < 0:
+        raise InputError(f"--model-batch must be >= 0 (0 = whole batch), got {job.model_batch}")
+
+
+def check_rows(job: InferJob, dirs: list[Path], ckpt) -> None:
+    """One streaming pass over the observations before any actor starts: no inf, no NaN where known,
+    no known value absurdly outside the checkpoint's data range; errors name the user's row and input."""
+    nc = ckpt.normalization.condition
+    for d in dirs:
+        names = pq.read_schema(sorted(d.glob("*.parquet"))[0]).names
+        for b in iter_parquet_batches(d, 4096, columns=[c for c in ("index", "condition", "mask") if c in names]):
+            check_observations(np.asarray(b["condition"]), b.get("mask"), f"--input {job.input}",
+                               rows=b["index"], offset=nc.offset, scale=nc.scale)
 
 
 class Inpainter:
@@ -185,10 +203,11 @@ class Inpainter:
 
 
 def _row_metrics(rec, std, batch, norm, mask, K) -> dict[str, np.ndarray]:
-    """Per-row metrics in normalised target units (data range 2 for min/max normalisation)."""
-    tgt = norm.target.normalize(torch.tensor(np.asarray(batch["target"]), dtype=torch.float32))
-    rec_n = norm.target.normalize(rec)
-    m = {"psnr": psnr(rec_n, tgt, 2.0), "ssim": ssim(rec_n, tgt, 2.0), "mae_missing": mae_missing(rec_n, tgt, mask),
+    """Per-row metrics: PSNR/SSIM in user units with the stored data range (hi - lo per channel), errors in
+    normalised target units."""
+    tgt_u = torch.tensor(np.asarray(batch["target"]), dtype=torch.float32)
+    tgt, rec_n, rng = norm.target.normalize(tgt_u), norm.target.normalize(rec), norm.target.data_range_tensor()
+    m = {"psnr": psnr(rec, tgt_u, rng), "ssim": ssim(rec, tgt_u, rng), "mae_missing": mae_missing(rec_n, tgt, mask),
          "known_error": known_error(rec, torch.tensor(np.asarray(batch["target"]), dtype=torch.float32), mask)}
     if K > 1:
         std_n = std / torch.tensor(norm.target.scale).view(1, -1, 1, 1).float()
@@ -231,18 +250,20 @@ def _deal(actors: list, batches, *extra) -> Iterator[dict[str, np.ndarray]]:
 def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = None) -> dict:
     """Reconstruct every row of the input; returns a summary with metrics when targets are known."""
     ckpt = load_checkpoint(job.checkpoint)
+    ckpt.build_model("cpu")  # weights vs config checked here, not inside an actor
     out = Path(job.out)
     tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-infer-", dir=out.parent if out.parent.exists() else None))
     try:
-        meta = _prepare_input(job, tmp)
+        meta, split = _prepare_input(job, tmp)
         validate(job, meta, ckpt)
-        return _run(job, ckpt, meta, tmp, progress)
+        return _run(job, ckpt, meta, split, tmp, progress)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
-    dirs = _split_dirs(meta, job.split)
+def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress) -> dict:
+    dirs = _split_dirs(meta, split)
+    check_rows(job, dirs, ckpt)
     index = np.sort(np.concatenate([pq.read_table(f, columns=["index"]).column("index").to_numpy()
                                     for d in dirs for f in sorted(d.glob("*.parquet"))]))
     N = len(index)
@@ -287,7 +308,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
         raise RuntimeError(f"exactly-once violated: {int((seen == 0).sum())} rows missing, "
                            f"{int((seen > 1).sum())} duplicated")
     metrics = {k: metric_sums[k] / max(metric_counts[k], 1) for k in metric_sums}
-    _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics)
+    _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, ckpt.normalization.target.data_range())
     # steady state: from the first batch an actor started to the last it finished (actor start-up excluded)
     steady = N / max(float(work_end - work_start), 1e-9) if N else None
     return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "steady_images_per_s": steady,
@@ -295,7 +316,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, tmp: Path, progress) -> dict:
             "metrics": metrics, "outputs": [str(p) for p in _outputs(job) if p.exists()]}
 
 
-def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics) -> None:
+def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, data_range) -> None:
     import json
 
     out = Path(job.out)
@@ -321,7 +342,9 @@ def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics) -> None:
         os.replace(part, out)
     _grid(job, index, rec, std, dirs, _side(out, ".grid.png"))
     doc = {"rows": len(index), "num_samples": job.num_samples, "sampler": job.sampler.__dict__, "metrics": metrics,
-           "units": "metrics in normalised target units (min/max data range 2); known_error in user units"}
+           "units": "psnr/ssim in your units against the data range stated here; mae_missing in normalised "
+                    "target units; known_error in your units",
+           "data_range": list(data_range)}
     tmp_json = tmp / "metrics.json"
     tmp_json.write_text(json.dumps(doc, indent=2, default=list))
     os.replace(tmp_json, _side(out, ".metrics.json"))

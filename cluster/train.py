@@ -127,7 +127,7 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
           "tb_dir": paths["tb"], "export_dir": paths["export"], "best_dir": paths["best"],
           "remote_run": None if local else paths["run"], "threads": job.threads_per_worker,
           "eval_ws": list(job.eval_ws) if job.eval_ws else None, "report_epochs_only": job.report_epochs_only,
-          "meta": {"dataset": str(meta.root), "run": paths["run"]},
+          "meta": {"dataset": str(meta.root), "run": paths["run"]}, "data_name": f"--data {meta.root}",
           "fail_at_step": job.fail_at_step, "fail_marker": paths["run"] + "/.fault_injected",
           "fit_log": job.fit_log, "workers_dir": paths["run"] + "/workers" if local else None}
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.use_gpu else {})}
@@ -153,6 +153,22 @@ def load_run_config(storage: str, name: str) -> ExperimentConfig:
     return ExperimentConfig.from_json(f.read_text())
 
 
+def user_error(e: BaseException) -> str | None:
+    """The first line of a cfgdiff ``InputError`` raised inside a worker (bad data, a non-finite loss),
+    found in a Ray Train failure; None when the failure is something else (a crash, a lost node)."""
+    todo = list(getattr(e, "worker_failures", {}).values()) + [getattr(e, "controller_failure", None)]
+    seen = set()
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, InputError):
+            return str(x).strip().splitlines()[-1] if "\n" in str(x).strip() else str(x)
+        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    return None
+
+
 def run_training(job: TrainJob) -> dict:
     """Validate, train, and return a summary (steps, seconds, final metrics, export path)."""
     meta = DatasetMeta.load(job.data_dir)
@@ -160,7 +176,13 @@ def run_training(job: TrainJob) -> dict:
     trainer = build_trainer(job, cfg, meta)
     if "://" not in job.storage:
         (Path(run_paths(job)["run"]) / "config.json").write_text(cfg.to_json())
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        raise InputError(cause) from None
     summary = dict(result.return_value or {})
     summary["run_dir"] = run_paths(job)["run"]
     summary["tensorboard"] = run_paths(job)["tb"]

@@ -35,6 +35,7 @@ from cfgdiff.engine import (
     unwrap,
 )
 from cfgdiff.engine import train_step as core_train_step
+from cfgdiff.errors import NonFiniteError
 from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.unet import ConditionalUNet
@@ -143,11 +144,13 @@ def train_loop_per_worker(lc: dict) -> dict:
             ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=tag)  # --- Ray: all ranks
 
     timer = StepTimer()
+    nonfinite = 0
     while step < max_steps:
         timer.start(device)
         for raw in iter_block_batches(train_shard, per_worker, drop_last=True,
                                       shuffle_seed=tc.seed + 7919 * rank + epoch):
-            b = _with_condition(decode_batch(raw, norm, device), tc.degrade, tc.seed, epoch)
+            b = _with_condition(decode_batch(raw, norm, device, where=lc.get("data_name", "dataset")), tc.degrade,
+                                tc.seed, epoch)
             timer.mark("data_wait", device)
             out = core_train_step(model, opt, sched, schedule, b["x0"], b["cond"], b["mask"], cfg,
                                   generator=_step_generator(device, tc.seed, rank, step),
@@ -155,6 +158,11 @@ def train_loop_per_worker(lc: dict) -> dict:
             ema.update(model)
             timer.mark("ema", device)
             step += 1
+            nonfinite = 0 if out["finite"] else nonfinite + 1
+            if nonfinite >= tc.max_nonfinite:  # every rank sees the same all-reduced gradient norm: all stop here
+                raise NonFiniteError(f"training stopped at step {step}: the loss was NaN or inf for {nonfinite} "
+                                     f"consecutive steps (train.max_nonfinite={tc.max_nonfinite}); those steps did "
+                                     "not change the weights. Check the data, or lower train.lr")
             img_seen += b["x0"].shape[0] * world
             if lc.get("fail_at_step") == step and rank == world - 1 and not os.path.exists(lc["fail_marker"]):
                 Path(lc["fail_marker"]).write_text(str(step))
@@ -255,7 +263,7 @@ def _validate(model, ema: EMA, cfg, schedule, norm, val_shard, vis, eval_ws, per
     for i, raw in enumerate(iter_block_batches(val_shard, per_worker)):
         if i >= tc.val_batches:
             continue  # drain the shard: all ranks must consume it together (RAY_NOTES §0.4)
-        b = _with_condition(decode_batch(raw, norm, device), tc.degrade, tc.seed, 0)
+        b = _with_condition(decode_batch(raw, norm, device, where="validation split"), tc.degrade, tc.seed, 0)
         losses.append(eval_loss(model, schedule, b["x0"], b["cond"], b["mask"], cfg))
     val_loss = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=device)
     metrics = {"val_loss": float(_all_mean(val_loss.to(device), world))}
@@ -268,7 +276,7 @@ def _validate(model, ema: EMA, cfg, schedule, norm, val_shard, vis, eval_ws, per
     for w in eval_ws:
         s = SamplerConfig(**{**base.__dict__, "w": float(w)})
         x, m = reconstruct_and_score(ema_model, schedule, vis["x0"], vis["cond"], vis["mask"], cfg, s, seed=0,
-                                     clip_range=norm.target.clip_bounds())
+                                     clip_range=norm.target.clip_bounds(), norm=norm.target)
         curve[float(w)] = m
         if float(w) == float(cfg.sampler.w) or len(eval_ws) == 1:
             tb.grid("val/cond|mask|sample|target|error", vis["cond"], vis["mask"], x, vis["x0"], step)

@@ -43,7 +43,7 @@ def test_k_samples_mean_and_std_maps(ray_session, tiny_checkpoint, tmp_path):
     np.save(tmp_path / "c.npy", cond)
     np.save(tmp_path / "m.npy", mask)
     r = run_inference(InferJob(tiny_checkpoint, str(tmp_path / "c.npy"), str(tmp_path / "o.npy"),
-                               mask=str(tmp_path / "m.npy"), split="train", actors=2, batch_size=2, sampler=S,
+                               mask=str(tmp_path / "m.npy"), actors=2, batch_size=2, sampler=S,
                                num_samples=4))
     mean, std = np.load(tmp_path / "o.npy"), np.load(tmp_path / "o.std.npy")
     samples = np.load(tmp_path / "o.samples.npy")
@@ -72,10 +72,10 @@ def test_bad_input_fails_before_any_actor(ray_session, tiny_data, tiny_checkpoin
     np.save(tmp_path / "m32.npy", np.ones((4, 32, 32), np.uint8))
     with pytest.raises(InputError, match="checkpoint expects 1x16x16"):
         run_inference(InferJob(tiny_checkpoint, str(tmp_path / "big.npy"), str(tmp_path / "o.npy"),
-                               mask=str(tmp_path / "m32.npy"), split="train"))
+                               mask=str(tmp_path / "m32.npy")))
     np.save(tmp_path / "dense.npy", np.zeros((4, 16, 16), np.float32))
     with pytest.raises(InputError, match="no mask"):
-        run_inference(InferJob(tiny_checkpoint, str(tmp_path / "dense.npy"), str(tmp_path / "o.npy"), split="train"))
+        run_inference(InferJob(tiny_checkpoint, str(tmp_path / "dense.npy"), str(tmp_path / "o.npy")))
     with pytest.raises(InputError, match="--actors 1000 x 1 CPU per actor needs 1000 CPUs"):
         run_inference(InferJob(tiny_checkpoint, str(tiny_data), str(tmp_path / "o.npy"), actors=1000))
     with pytest.raises(InputError, match="needs 1000 GPUs; the Ray cluster has"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import cfgdiff
-from cfgdiff.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from cfgdiff.checkpoint import _doc_sha256, load_checkpoint, load_training_state, save_checkpoint
 from cfgdiff.config import ExperimentConfig, ModelConfig
 from cfgdiff.errors import CheckpointError
 from cfgdiff.normalize import ChannelAffine, Normalization
@@ -59,9 +59,34 @@ def test_truncated_and_pickled_weights_refused(tmp_path):
     import hashlib
 
     doc["weights_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    doc["config_sha256"] = _doc_sha256(doc)  # a deliberate forger recomputes the config digest too
     (path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(path)
+
+
+def test_edited_config_refused_and_shape_mismatch_named(tmp_path):
+    _, path = _ckpt(tmp_path)
+    doc = json.loads((path / "config.json").read_text())
+    doc["config"]["model"]["dim"] = 16  # a hand edit
+    (path / "config.json").write_text(json.dumps(doc))
+    for load in (load_checkpoint, cfgdiff.load):
+        with pytest.raises(CheckpointError, match="config.json: its content does not match its config_sha256"):
+            load(path)
+    doc["config_sha256"] = _doc_sha256(doc)  # digest recomputed: the weights still disagree, named clearly
+    (path / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"tensor \S+ is \(8,?.*makes it \(16,"):
+        load_checkpoint(path).build_model()
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    cfg = ExperimentConfig(model=TINY)
+    sd = ConditionalUNet(cfg.model).state_dict()
+    sd["out_conv.bias"] = torch.full_like(sd["out_conv.bias"], float("nan"))
+    norm = Normalization.identity(1, 1)
+    with pytest.raises(CheckpointError, match="non-finite weights.*out_conv.bias"):
+        save_checkpoint(tmp_path / "nan", sd, cfg, norm)
+    assert not (tmp_path / "nan").exists() and not list(tmp_path.glob(".nan.tmp-*"))
 
 
 class Evil:
@@ -85,6 +110,7 @@ def test_bad_config_and_missing_dir(tmp_path):
     _, path = _ckpt(tmp_path)
     doc = json.loads((path / "config.json").read_text())
     doc["format_version"] = 99
+    doc["config_sha256"] = _doc_sha256(doc)
     (path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="format_version 99"):
         load_checkpoint(path)
@@ -128,3 +154,34 @@ def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close_to_fp32(tmp_path
     assert np.array_equal(b.mean[:, 0][known], cond[known])
     with pytest.raises(ValueError, match="sampler.precision"):
         ExperimentConfig.from_dict({"sampler": {"precision": "fp8"}})
+
+
+@pytest.mark.parametrize("case,kwargs,match", [
+    ("inf at a known pixel", {}, "inf in the condition at row 1"),
+    ("1e30 at a known pixel", {}, "1e\\+30 at row 1 is more than 1000 times"),
+    ("NaN where known", {}, "NaN in the condition at row 1 where the mask says known"),
+    ("mask rows differ", {}, r"mask is \(2, 1, 8, 8\) but cond is \(3, 1, 8, 8\)"),
+    ("zero rows", {}, "cond holds 0 rows"),
+    ("batch_size 0", {"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ("steps 0", {"steps": 0}, "steps must be an integer >= 1, or None"),
+    ("model_batch -1", {"model_batch": -1}, "model_batch must be an integer >= 0"),
+])
+def test_api_refuses_bad_observations_and_arguments(tmp_path, case, kwargs, match):
+    """#16.12/#16.17: every bad call gets an InputError naming the row or argument, before any sampling."""
+    _, path = _ckpt(tmp_path)
+    rec = cfgdiff.load(str(path))
+    cond, mask = torch.zeros(3, 1, 8, 8).numpy(), torch.ones(3, 1, 8, 8).numpy()
+    if case == "inf at a known pixel":
+        cond[1, 0, 2, 2] = float("inf")
+    elif case == "1e30 at a known pixel":
+        cond[1, 0, 2, 2] = 1e30
+    elif case == "NaN where known":
+        cond[1, 0, 2, 2] = float("nan")
+    elif case == "mask rows differ":
+        mask = mask[:2]
+    elif case == "zero rows":
+        cond, mask = cond[:0], mask[:0]
+    from cfgdiff.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        rec.reconstruct(cond, mask, steps=kwargs.pop("steps", 2), **kwargs)

@@ -44,7 +44,7 @@ def test_convert_bad_input_exit_2(tmp_path, capsys, args, match):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("target,match", [("nan.npy", "NaN or inf at row 0"), ("empty.npy", "empty array"),
+@pytest.mark.parametrize("target,match", [("nan.npy", "NaN or inf in the target at row 0"), ("empty.npy", "empty array"),
                                           ("amb.npy", "pass --layout"), ("bad.npy", "unreadable or truncated"),
                                           ("missing.npy", "no such file")])
 def test_convert_bad_target_exit_2(tmp_path, capsys, target, match):

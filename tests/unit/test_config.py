@@ -56,3 +56,14 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"
 def test_shipped_configs_load_strictly(path):
     cfg = ExperimentConfig.from_dict(json.loads(path.read_text()))
     assert ExperimentConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_resume_conflicts_name_settings_a_resume_cannot_apply():
+    from cfgdiff.config import apply_overrides, resume_conflicts
+
+    saved = ExperimentConfig()
+    ok = apply_overrides(saved, ["train.max_steps=9000", "train.ema_decay=0.99", "sampler.w=2.0", "train.log_every=7"])
+    assert resume_conflicts(saved, ok) == []
+    bad = apply_overrides(saved, ["train.lr=0.1", "model.dim=64"])
+    c = resume_conflicts(saved, bad)
+    assert len(c) == 2 and c[0].startswith("model.dim: run has 48, got 64") and c[1].startswith("train.lr")

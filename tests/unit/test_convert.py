@@ -117,8 +117,11 @@ BAD = {
     "mismatched N": (lambda d: (np.zeros((4, 8, 8)), np.zeros((5, 8, 8)), None), "N=5"),
     "mismatched spatial": (lambda d: (np.zeros((4, 8, 8)), np.zeros((4, 8, 9)), None), "spatial shape"),
     "non-binary mask": (lambda d: (np.zeros((4, 8, 8)), np.zeros((4, 8, 8)), np.full((4, 8, 8), 0.5)), "binary"),
-    "nan target": (lambda d: (np.full((4, 8, 8), np.nan), None, None), "NaN or inf at row 0"),
+    "nan target": (lambda d: (np.full((4, 8, 8), np.nan), None, None), "NaN or inf in the target at row 0"),
     "empty": (lambda d: (np.zeros((0, 8, 8)), None, None), "empty array"),
+    "inf condition at a known pixel": (lambda d: (np.zeros((4, 8, 8)), np.where(np.arange(4)[:, None, None] == 2, np.inf,
+                                                                            np.zeros((4, 8, 8))), np.ones((4, 8, 8))),
+                                       "inf in the condition at row 2"),
     "impossible layout": (lambda d: (np.zeros((4, 8, 8, 8)), None, None), "cannot tell NCHW from NHWC"),
 }
 

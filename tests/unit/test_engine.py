@@ -30,6 +30,7 @@ def test_ema_closed_form():
     ema2 = EMA(m, decay=0.5)
     ema2.load_state_dict(state)
     assert ema2.num_updates == 50 and torch.equal(ema2.shadow["weight"], ema.shadow["weight"])
+    assert ema2.decay == 0.5 and ema2.current_decay() == 0.5, "a newly configured decay is applied, not the saved 0.9"
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -156,3 +157,22 @@ def test_compiled_model_trains_and_ema_sees_through_compile():
     assert not torch.equal(model.out_conv.weight, w0), "the compiled step updated the real parameters"
     torch.testing.assert_close(ema.shadow["out_conv.weight"].norm(), model.out_conv.weight.norm(), rtol=0.2, atol=0)
     assert not torch.equal(ema.shadow["out_conv.weight"], w0), "the EMA followed them"
+
+
+def test_non_finite_step_leaves_weights_and_optimizer_untouched():
+    cfg = ExperimentConfig(model=ModelConfig(image_size=(8, 8), dim=8, dim_mults=(1, 2), num_res_blocks=1, heads=1,
+                                             dim_head=4, groups=4), schedule=ScheduleConfig(num_timesteps=50))
+    m = ConditionalUNet(cfg.model)
+    opt, sch = make_optimizer(m, cfg.train), None
+    sch = make_lr_scheduler(opt, cfg.train)
+    sched = NoiseSchedule.from_config(cfg.schedule)
+    x0, c, mk = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8), torch.ones(2, 1, 8, 8)
+    out = train_step(m, opt, sch, sched, x0, c, mk, cfg)
+    assert out["finite"] is True
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    moments = {k: v.clone() for k, v in opt.state_dict()["state"][0].items()}
+    x0[0, 0, 0, 0] = float("nan")
+    out = train_step(m, opt, sch, sched, x0, c, mk, cfg)
+    assert out["finite"] is False and not torch.isfinite(out["loss"])
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()), "weights unchanged"
+    assert all(torch.equal(moments[k], v) for k, v in opt.state_dict()["state"][0].items()), "Adam moments unchanged"

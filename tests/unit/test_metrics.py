@@ -41,6 +41,56 @@ def test_ssim_identity_and_degradation():
     torch.testing.assert_close(ssim(a, b, 1.0), torch.tensor([(2 * 0.3 + c1) / (0.25 + 0.36 + c1)]), rtol=1e-3, atol=0)
 
 
+def _structured(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
+    """Smooth fields with edges: sums of random sinusoids plus a bright box (a non-trivial SSIM map)."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    out = torch.zeros(n, 1, h, w)
+    for i in range(n):
+        f = torch.rand(4, generator=g) * 8
+        out[i, 0] = torch.sin(f[0] * xx + f[1] * yy) + 0.5 * torch.cos(f[2] * xx * yy * 3 + f[3])
+        out[i, 0, h // 4: h // 2, w // 3: 2 * w // 3] += 1.5
+    return out
+
+
+@pytest.mark.parametrize("kind", ["random", "structured"])
+def test_ssim_and_psnr_pinned_to_skimage(kind):
+    """Our SSIM equals skimage's Gaussian-window SSIM (Wang et al.) to 1e-6; a box window would not."""
+    metrics = pytest.importorskip("skimage.metrics")  # the eval extra, which `make` installs
+    g = torch.Generator().manual_seed(3)
+    ref = torch.rand(3, 1, 33, 27, generator=g) if kind == "random" else _structured(3, 33, 27, g)
+    x = ref + 0.3 * torch.randn(ref.shape, generator=g)
+    R = 2.7  # any data range in the user's units
+    ours_s, ours_p = ssim(x, ref, R), psnr(x, ref, R)
+    for i in range(3):
+        a, b = x[i, 0].double().numpy(), ref[i, 0].double().numpy()
+        sk = metrics.structural_similarity(a, b, data_range=R, gaussian_weights=True, sigma=1.5,
+                                           use_sample_covariance=False)
+        assert abs(float(ours_s[i]) - sk) < 1e-6, (float(ours_s[i]), sk)
+        assert abs(float(ours_p[i]) - metrics.peak_signal_noise_ratio(b, a, data_range=R)) < 1e-4
+    box = metrics.structural_similarity(x[0, 0].double().numpy(), ref[0, 0].double().numpy(), data_range=R,
+                                        win_size=11, use_sample_covariance=False)
+    assert abs(float(ours_s[0]) - box) > 1e-4, "the box-window variant differs, so the pin above has teeth"
+
+
+def test_metrics_use_the_stored_data_range_in_user_units():
+    """PSNR/SSIM are those of the user-unit arrays with peak hi - lo (per channel), whatever the normalisation."""
+    from cfgdiff.normalize import ChannelAffine
+
+    g = torch.Generator().manual_seed(0)
+    ref_u = 300.0 + 40.0 * torch.rand(2, 2, 16, 16, generator=g)  # e.g. kelvin
+    x_u = ref_u + torch.randn(ref_u.shape, generator=g)
+    aff = ChannelAffine(offset=(320.0, 10.0), scale=(9.0, 1.0), lo=(300.0, 0.0), hi=(340.0, 50.0))  # mean/std-like
+    rng = aff.data_range_tensor()
+    assert aff.data_range() == (40.0, 50.0)
+    p = psnr(x_u, ref_u, rng)
+    mse = (x_u - ref_u).double().pow(2).mean((2, 3))  # (B, C)
+    expected = 10 * torch.log10(1.0 / (mse / torch.tensor([40.0**2, 50.0**2])).mean(1))
+    torch.testing.assert_close(p, expected.float())
+    assert ChannelAffine((0.0,), (3.0,)).data_range() == (6.0,)  # no stored extremes: 2 * scale
+    with pytest.raises(ValueError, match="data_range"):
+        psnr(x_u, ref_u, 0.0)
+
+
 def test_missing_pixel_errors_and_known_error():
     x = torch.zeros(1, 2, 2, 2)
     y = torch.zeros(1, 2, 2, 2)
