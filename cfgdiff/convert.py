@@ -59,6 +59,7 @@ class ConvertOptions:
     mask: str | None = None  # path of the mask (1 = known)
     degrade: str | None = None  # make the condition from the target with this spec
     layout: str | None = None  # NHW, NCHW or NHWC; detected when unambiguous
+    force_layout: bool = False  # accept an explicit layout with more channels than a spatial side
     mask_from_zeros: bool = False  # condition == 0 means missing (the seed's convention)
     normalization: str = "minmax"  # minmax or meanstd
     val_fraction: float = 0.1  # held-out fraction
@@ -207,8 +208,13 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
     comps = parse_spec(opts.degrade) if opts.degrade else None
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-    target = ArraySource(target_spec, "target", opts.layout) if target_spec is not None else None
-    cond = ArraySource(opts.condition, "condition", opts.layout) if opts.condition else None
+    for spec in (target_spec, opts.condition, opts.mask):
+        src = Path(spec.rsplit(":", 1)[0] if spec and ".npz:" in spec else spec) if spec else None
+        if src is not None and src.resolve().is_relative_to(out.resolve()):
+            raise InputError(f"--out {out}: holds the input {spec}; replacing it would delete your data, "
+                             "choose another --out")
+    target = ArraySource(target_spec, "target", opts.layout, opts.force_layout) if target_spec is not None else None
+    cond = ArraySource(opts.condition, "condition", opts.layout, opts.force_layout) if opts.condition else None
     mask = ArraySource(opts.mask, "mask", None) if opts.mask else None  # (N,H,W) or (N,1,H,W)
     ref = target if target is not None else cond
     _validate_shapes(ref, cond, mask)

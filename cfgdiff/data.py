@@ -38,6 +38,14 @@ LAYOUTS = ("NHW", "NCHW", "NHWC")
 # --- array sources ------------------------------------------------------------------------------
 def _open_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head != b"\x93NUMPY":
+        kind = "an empty file" if not head else ("text" if head.isascii() else f"bytes {head!r}")
+        raise InputError(f"{path}: not a .npy file (no NumPy header; starts with {kind})")
+    try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise InputError(f"{path}: unreadable or truncated .npy file ({str(e).splitlines()[0]})") from None
@@ -66,7 +74,7 @@ def _open_npz(path: Path, key: str | None, role: str) -> np.ndarray:
 class ArraySource:
     """A (possibly sharded) array in NCHW order, read in row ranges without loading it whole."""
 
-    def __init__(self, spec: str, role: str, layout: str | None = None):
+    def __init__(self, spec: str, role: str, layout: str | None = None, force_layout: bool = False):
         self.spec, self.role = spec, role
         path_str, key = spec, None
         if ".npz:" in spec:
@@ -95,10 +103,16 @@ class ArraySource:
                     or p.dtype == np.bool_):
                 raise InputError(f"{f}: dtype {p.dtype} is not a float, integer or bool array")
         self.dtype = first.dtype
-        self.layout = detect_layout(first.shape, layout, f"{self.files[0]} ({role})")
+        self.layout = detect_layout(first.shape, layout, f"{self.files[0]} ({role})", force_layout)
         self.offsets = np.cumsum([0] + [p.shape[0] for p in self.parts])
         if self.offsets[-1] == 0:
             raise InputError(f"{self.files[0]}: empty array ({role}); expected at least one sample")
+        C, H, W = self.chw
+        if C < 1:
+            raise InputError(f"{self.files[0]} ({role}): has 0 channels (shape {first.shape}, layout {self.layout})")
+        if min(H, W) < MIN_SIDE:
+            raise InputError(f"{self.files[0]} ({role}): images are {H}x{W}; cfgdiff needs at least "
+                             f"{MIN_SIDE}x{MIN_SIDE} pixels")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -132,13 +146,25 @@ class ArraySource:
         return [{"path": str(f), "shape": list(p.shape), "dtype": str(p.dtype)} for f, p in zip(self.files, self.parts)]
 
 
-def detect_layout(shape: tuple[int, ...], layout: str | None, what: str) -> str:
-    """Resolve (N,H,W) / (N,C,H,W) / (N,H,W,C); ambiguous 4-D shapes need an explicit layout."""
+MIN_SIDE = 4  # smallest image side: a U-Net needs room to downsample at least twice
+
+
+def detect_layout(shape: tuple[int, ...], layout: str | None, what: str, force: bool = False) -> str:
+    """Resolve (N,H,W) / (N,C,H,W) / (N,H,W,C); ambiguous 4-D shapes need an explicit layout.
+
+    An explicit layout whose channel axis is larger than a spatial axis (NHWC on an (N, 1, 32, 32)
+    array makes 32 channels of 1x32) is refused unless ``force``: it is almost always a swapped layout.
+    """
     if layout is not None:
         if layout not in LAYOUTS:
             raise InputError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
         if len(shape) != len(layout):
             raise InputError(f"{what}: --layout {layout} needs a {len(layout)}-D array, found shape {tuple(shape)}")
+        if len(shape) == 4 and not force:
+            c, hw = (shape[1], shape[2:]) if layout == "NCHW" else (shape[3], shape[1:3])
+            if c > min(hw):
+                raise InputError(f"{what}: --layout {layout} on shape {tuple(shape)} makes {c} channels of "
+                                 f"{hw[0]}x{hw[1]}; a swapped layout? pass --force-layout if it is meant")
         return layout
     if len(shape) == 3:
         return "NHW"

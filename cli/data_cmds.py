@@ -18,6 +18,7 @@ from .common import Progress
               "strokes:4, half, lines:2, sr:2, noise:0.1, mix:drop:0.4,box:0.25,sr:2.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset directory.")
 @click.option("--layout", type=click.Choice(["NHW", "NCHW", "NHWC"]), help="Array layout (detected when unambiguous).")
+@click.option("--force-layout", is_flag=True, help="Accept a --layout whose channel axis is larger than a spatial one.")
 @click.option("--mask-from-zeros", is_flag=True, help="Condition == 0 means missing (real zeros then count as missing).")
 @click.option("--normalization", type=click.Choice(["minmax", "meanstd"]), default="minmax", show_default=True)
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Held-out fraction (seeded split).")
@@ -28,8 +29,8 @@ from .common import Progress
                    "masks and integer data lz4.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.pass_context
-def convert_cmd(ctx, target, condition, mask, degrade, out, layout, mask_from_zeros, normalization, val_fraction,
-                seed, chunk_rows, compression, overwrite):
+def convert_cmd(ctx, target, condition, mask, degrade, out, layout, force_layout, mask_from_zeros, normalization,
+                val_fraction, seed, chunk_rows, compression, overwrite):
     """Convert paired numpy arrays to sharded Parquet for training and inference.
 
     TARGET is the clean array: .npy (memory-mapped), FILE.npz[:KEY], or a directory of .npy shards,
@@ -38,7 +39,7 @@ def convert_cmd(ctx, target, condition, mask, degrade, out, layout, mask_from_ze
     if mask_from_zeros:
         click.echo("warning: --mask-from-zeros counts real zeros in the condition as missing", err=True)
     quiet = ctx.obj.get("verbose") is False
-    opts = ConvertOptions(condition=condition, mask=mask, degrade=degrade, layout=layout,
+    opts = ConvertOptions(condition=condition, mask=mask, degrade=degrade, layout=layout, force_layout=force_layout,
                           mask_from_zeros=mask_from_zeros, normalization=normalization, val_fraction=val_fraction,
                           seed=seed, chunk_rows=chunk_rows, compression=compression, overwrite=overwrite)
     bars = {"scan": Progress("scan ", not quiet), "write": Progress("write", not quiet)}

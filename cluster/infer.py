@@ -111,7 +111,7 @@ def _split_dirs(meta: DatasetMeta, split: str) -> list[Path]:
     names = ["train", "val"] if split == "all" else [split]
     dirs = [meta.split_dir(s) for s in names if list(meta.split_dir(s).glob("*.parquet"))]
     if not dirs:
-        raise InputError(f"--input {meta.root}: split {split!r} holds no rows")
+        raise InputError(f"--input {meta.root}: split {split!r} holds no rows (choose --split train, val or all)")
     return dirs
 
 
@@ -123,14 +123,14 @@ def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
     if existing and not job.overwrite:
         raise InputError(f"--out {job.out}: {existing[0]} exists; pass --overwrite to replace it")
     if not meta.has_condition:
-        raise InputError(f"--input {meta.root}: holds no conditions or masks; pass --degrade SPEC to make them")
+        raise InputError(f"--input {job.input}: holds no conditions or masks; pass --degrade SPEC to make them")
     shp = meta.doc["shapes"]["condition"]
     if shp[0] != mc.cond_channels or tuple(shp[1:]) != tuple(mc.image_size):
-        raise InputError(f"--input {meta.root}: conditions are {shp[0]}x{shp[1]}x{shp[2]} (C x H x W) but the "
+        raise InputError(f"--input {job.input}: conditions are {shp[0]}x{shp[1]}x{shp[2]} (C x H x W) but the "
                          f"checkpoint expects {mc.cond_channels}x{mc.image_size[0]}x{mc.image_size[1]}")
     t = meta.doc["shapes"].get("target")
     if t and t[0] != mc.in_channels:
-        raise InputError(f"--input {meta.root}: targets have {t[0]} channels, the checkpoint {mc.in_channels}")
+        raise InputError(f"--input {job.input}: targets have {t[0]} channels, the checkpoint {mc.in_channels}")
     if job.actors < 1 or job.batch_size < 1 or job.num_samples < 1:
         raise InputError("--actors, --batch-size and --num-samples must be >= 1")
     if job.model_batch < 0:

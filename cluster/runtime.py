@@ -58,6 +58,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         r = ray.cluster_resources()
         return RayInfo(ray.get_runtime_context().gcs_address, False, r.get("CPU", 0), r.get("GPU", 0), False)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    check_reachable(address)
     if not quiet:
         os.environ["RAY_DATA_LOG_LEVEL"] = "INFO"
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True,
@@ -80,9 +81,32 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ray.init(address=address, **kwargs)
+    if embedded:  # Ray's own clients in this process (Train's placement-group cleaner) must find *this*
+        # cluster, not ask "which one?" when another cfgdiff command runs its own embedded Ray on the host
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     quiet_ray_logs()
     r = ray.cluster_resources()
     return RayInfo(ray.get_runtime_context().gcs_address, embedded, r.get("CPU", 0), r.get("GPU", 0))
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on ``HOST:PORT`` / ``ray://HOST:PORT`` where nothing listens: ``ray.init`` would retry for
+    minutes, printing only its own C++ retry lines."""
+    import socket
+
+    from cfgdiff.errors import InputError
+
+    if address in ("local", "auto"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(f"--ray-address {address}: cannot connect ({e.strerror or e}); check that the head node "
+                         "runs (`ray status` there) and the host and port (GCS 6379, Ray Client 10001)") from None
 
 
 def quiet_ray_logs() -> None:

@@ -97,6 +97,13 @@ def validate_job(job: TrainJob, meta: DatasetMeta) -> ExperimentConfig:
                          f"{cfg.train.batch_size}")
     if meta.count("val") < 1:
         raise InputError(f"--data {meta.root}: the validation split is empty; convert with --val-fraction > 0")
+    if job.max_failures < 0:
+        raise InputError(f"--max-failures must be >= 0, got {job.max_failures}")
+    have = ray.cluster_resources().get("CPU", 0)
+    if job.workers * job.cpus_per_worker > have + 1e-9:
+        raise InputError(f"--workers {job.workers} x {job.cpus_per_worker:g} CPU per worker needs "
+                         f"{job.workers * job.cpus_per_worker:g} CPUs; the Ray cluster has {have:g} "
+                         "(lower --workers or --cpus-per-worker, or add nodes)")
     if job.use_gpu and cluster_gpus() < job.workers:
         raise InputError(f"--gpu asks for {job.workers} GPU worker(s) but the Ray cluster has "
                          f"{cluster_gpus():g} GPU(s)")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from tests.helpers import run_cli as run
@@ -35,6 +38,39 @@ def test_cli_train_info_infer(ray_session, tiny_data, tmp_path, capsys):
     assert {"psnr", "ssim", "mae_missing", "known_error", "coverage_2std", "std_error_corr"} <= set(m)
     code, _, err = run(["infer", str(export), "--input", str(tiny_data), "--out", str(tmp_path / "r.npy")], capsys)
     assert code == 2 and "--overwrite" in err
+    # README "Reconstruct": your own arrays with the default flags are reconstructed whole (#17.1)
+    rng = np.random.default_rng(0)
+    cond = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    mask = (rng.uniform(size=(5, 16, 16)) > 0.6).astype(np.uint8)
+    np.save(tmp_path / "observed.npy", cond)
+    np.save(tmp_path / "mask.npy", mask)
+    code, out, err = run(["--quiet", "infer", str(export), "--input", str(tmp_path / "observed.npy"), "--mask",
+                          str(tmp_path / "mask.npy"), "--out", str(tmp_path / "recon.npy"), "--steps", "2"], capsys)
+    assert code == 0, err
+    rec = np.load(tmp_path / "recon.npy")
+    assert rec.shape == (5, 1, 16, 16) and np.array_equal(rec[:, 0][mask == 1], cond[mask == 1])
+    obs_nan = np.where(mask == 1, cond, np.nan)
+    np.save(tmp_path / "observed_nan.npy", obs_nan)
+    code, out, err = run(["--quiet", "infer", str(export), "--input", str(tmp_path / "observed_nan.npy"), "--out",
+                          str(tmp_path / "recon_nan.npy"), "--steps", "2"], capsys)
+    assert code == 0 and np.array_equal(np.load(tmp_path / "recon_nan.npy"), rec), "NaN form = mask form"
+    # bad flags and bad rows: exit 2, first line names the option or the input, nothing written
+    bad_inf = cond.copy()
+    bad_inf[3, 2, 2] = np.inf
+    np.save(tmp_path / "inf.npy", bad_inf)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, match in [
+        (["--input", str(tmp_path / "observed.npy"), "--mask", str(tmp_path / "mask.npy"), "--split", "val"],
+         "--split val: applies to cfgdiff dataset directories"),
+        (["--input", str(tiny_data), "--steps", "0"], "--steps must be >= 1"),
+        (["--input", str(tiny_data), "--model-batch", "-1"], "--model-batch must be >= 0"),
+        (["--input", str(tmp_path / "inf.npy"), "--mask", str(tmp_path / "mask.npy")], "inf in the condition at row 3"),
+    ]:
+        code, _, err = run(["infer", str(export), "--out", str(tmp_path / "x.npy"), *args], capsys)
+        first = err.splitlines()[0] if err else ""
+        assert code == 2 and match in first and "Traceback" not in err, (args, err)
+        assert ".cfgdiff-infer-" not in err, "errors name the user's file, not a temp folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
     code, _, err = run(["infer", str(export), "--input", str(tiny_data), "--out", str(tmp_path / "q.npy"),
                         "--method", "euler"], capsys)
     assert code == 2 and "euler" in err
@@ -51,6 +87,8 @@ def test_cli_train_info_infer(ray_session, tiny_data, tmp_path, capsys):
     (["--gpu"], "GPU"),
     (["--set", "model.dimm=3"], "unknown key 'dimm'"),
     (["--workers", "3"], "divisible by --workers=3"),
+    (["--workers", "16", "--set", "train.batch_size=16"], "--workers 16 x 1 CPU per worker needs 16 CPUs"),
+    (["--max-failures", "-1"], "--max-failures must be >= 0"),
 ])
 def test_cli_train_bad_input_before_workers(ray_session, tiny_data, tmp_path, capsys, args, match):
     base = ["train", "--storage", str(tmp_path), "--name", "bad", *_sets()]
@@ -59,3 +97,24 @@ def test_cli_train_bad_input_before_workers(ray_session, tiny_data, tmp_path, ca
     code, _, err = run(base + args, capsys)
     assert code == 2 and match in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists(), "nothing started, nothing written"
+
+
+@pytest.mark.parametrize("cmd", ["train", "infer"])
+def test_unreachable_ray_address_fails_fast_with_one_line(tiny_data, tmp_path, cmd):
+    """#16.13: nothing listens on the port: exit 2 and one line, not minutes of Ray's retry lines."""
+    args = (["train", "--data", str(tiny_data), "--storage", str(tmp_path)] if cmd == "train" else
+            ["infer", str(tmp_path / "ck"), "--input", str(tiny_data), "--out", str(tmp_path / "o.npy")])
+    if cmd == "infer":  # a real checkpoint, so that the address is what fails
+        from cfgdiff.checkpoint import save_checkpoint
+        from cfgdiff.config import ExperimentConfig
+        from cfgdiff.normalize import Normalization
+        from cfgdiff.unet import ConditionalUNet
+
+        cfg = ExperimentConfig.from_dict({"model": {"image_size": [16, 16], "dim": 8, "groups": 4, "dim_mults": [1, 2],
+                                                    "num_res_blocks": 1, "heads": 1, "dim_head": 4}})
+        save_checkpoint(tmp_path / "ck", ConditionalUNet(cfg.model).state_dict(), cfg, Normalization.identity(1, 1))
+    r = subprocess.run([sys.executable, "-m", "cli.main", *args, "--ray-address", "127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--ray-address 127.0.0.1:9: cannot connect" in r.stderr
+    assert not (tmp_path / "cfgdiff-run").exists() and not (tmp_path / "o.npy").exists()

@@ -28,6 +28,10 @@ def _arrays(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.float32))
     np.save(tmp_path / "amb.npy", np.zeros((4, 8, 8, 8), np.float32))
     (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    (tmp_path / "text.npy").write_text("1.0, 2.0\n3.0, 4.0\n")
+    np.save(tmp_path / "c0.npy", np.zeros((4, 0, 8, 8), np.float32))
+    np.save(tmp_path / "tiny.npy", np.zeros((4, 1, 1), np.float32))
+    np.save(tmp_path / "n1.npy", np.zeros((4, 1, 32, 32), np.float32))
 
 
 @pytest.mark.parametrize("args,match", [
@@ -44,14 +48,39 @@ def test_convert_bad_input_exit_2(tmp_path, capsys, args, match):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("target,match", [("nan.npy", "NaN or inf in the target at row 0"), ("empty.npy", "empty array"),
-                                          ("amb.npy", "pass --layout"), ("bad.npy", "unreadable or truncated"),
-                                          ("missing.npy", "no such file")])
-def test_convert_bad_target_exit_2(tmp_path, capsys, target, match):
+@pytest.mark.parametrize("target,extra,match", [
+    ("nan.npy", [], "NaN or inf in the target at row 0"),
+    ("empty.npy", [], "empty array"),
+    ("amb.npy", [], "pass --layout"),
+    ("bad.npy", [], "unreadable or truncated"),
+    ("missing.npy", [], "no such file"),
+    ("text.npy", [], "text.npy: not a .npy file (no NumPy header; starts with text)"),
+    ("c0.npy", ["--layout", "NCHW"], "has 0 channels"),
+    ("tiny.npy", [], "images are 1x1; cfgdiff needs at least 4x4"),
+    ("n1.npy", ["--layout", "NHWC"], "--layout NHWC on shape (4, 1, 32, 32) makes 32 channels of 1x32"),
+])
+def test_convert_bad_target_exit_2(tmp_path, capsys, target, extra, match):
+    """Table-driven: exit 2, the first stderr line names the file or option, no traceback, nothing written."""
     _arrays(tmp_path)
-    code, _, err = run(["convert", f"{tmp_path}/{target}", "--out", f"{tmp_path}/o"], capsys)
-    assert code == 2 and match in err and "Traceback" not in err
-    assert not (tmp_path / "o").exists()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(["convert", f"{tmp_path}/{target}", "--out", f"{tmp_path}/o", *extra], capsys)
+    first = err.splitlines()[0]
+    assert code == 2 and match in first and "Traceback" not in err, err
+    assert target in first or "--" in first
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing written"
+
+
+def test_convert_force_layout_and_input_inside_out(tmp_path, capsys):
+    _arrays(tmp_path)
+    code, _, err = run(["--quiet", "convert", f"{tmp_path}/n1.npy", "--layout", "NHWC", "--force-layout",
+                        "--out", f"{tmp_path}/o"], capsys)
+    assert code == 2 and "images are 1x32" in err  # forced: the layout is taken as given (then too small)
+    data = tmp_path / "mine"
+    data.mkdir()
+    np.save(data / "x.npy", np.zeros((20, 8, 8), np.float32))
+    code, _, err = run(["convert", str(data / "x.npy"), "--out", str(data), "--overwrite"], capsys)
+    assert code == 2 and f"--out {data}: holds the input" in err
+    assert (data / "x.npy").exists(), "the input survives"
 
 
 def test_convert_and_demo_data_work(tmp_path, capsys):

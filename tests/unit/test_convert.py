@@ -155,7 +155,7 @@ def test_truncated_file_bad_spec_and_layout_flag(tmp_path):
     with pytest.raises(InputError, match="--layout NCHW needs a 4-D array"):
         convert(str(tmp_path / "x.npy"), tmp_path / "out", ConvertOptions(layout="NCHW"))
     (tmp_path / "junk.npy").write_text("not numpy")
-    with pytest.raises(InputError, match="junk.npy: unreadable"):
+    with pytest.raises(InputError, match="junk.npy: not a .npy file"):
         convert(str(tmp_path / "junk.npy"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
