@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import ray.train
+from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -125,6 +126,20 @@ def _vis_batch(meta: DatasetMeta, cfg: ExperimentConfig) -> dict[str, np.ndarray
     return {k: b[k].numpy() for k in ("x0", "cond", "mask")}
 
 
+def train_datasets(meta: DatasetMeta, workers: int) -> tuple[dict, list[str]]:
+    """Ray datasets and the names Ray Train splits. A training split that fits the object store is
+    materialized and cut once into fixed per-rank parts (``Dataset.split``, equal rows): rank r always
+    reads the same blocks in the same order, which makes a resumed or restarted run replay the row order
+    exactly. Larger data streams through ``streaming_split``, which hands blocks to whichever rank asks
+    first: still one epoch per epoch and the right step count, but the row order after a restart may differ."""
+    train = parquet_dataset(meta.split_dir("train"))
+    val = parquet_dataset(meta.split_dir("val"))
+    if isinstance(train, MaterializedDataset):
+        parts = train.split(workers, equal=True)
+        return {**{f"train_{r}": part for r, part in enumerate(parts)}, "val": val}, ["val"]
+    return {"train": train, "val": val}, ["train", "val"]
+
+
 def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> TorchTrainer:
     paths = run_paths(job)
     local = "://" not in job.storage
@@ -138,6 +153,8 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
           "fail_at_step": job.fail_at_step, "fail_marker": paths["run"] + "/.fault_injected",
           "fit_log": job.fit_log, "workers_dir": paths["run"] + "/workers" if local else None}
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.use_gpu else {})}
+    datasets, split = train_datasets(meta, job.workers)
+    lc["per_rank_train"] = "train" not in datasets
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=lc,
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu, resources_per_worker=resources,
@@ -147,8 +164,7 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              callbacks=job.callbacks or None,
                              logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets={"train": parquet_dataset(meta.split_dir("train")), "val": parquet_dataset(meta.split_dir("val"))},
-        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=split),
     )
 
 

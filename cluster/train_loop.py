@@ -45,9 +45,16 @@ from .runtime import quiet_ray_logs
 from .tb import TBWriter
 
 
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7919 + step) % 2**63
+
+
 def _step_generator(device: torch.device, seed: int, rank: int, step: int) -> torch.Generator:
-    """Noise for step s on rank r comes from seed (seed, r, s): resume replays it exactly."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + rank * 7919 + step) % 2**63)
+    """Noise for step s on rank r comes from seed (seed, r, s): resume replays it exactly. The global RNG
+    (dropout inside the network) is reseeded from the same key at every step, so each rank has its own
+    stream and a resumed or restarted rank needs no saved RNG state."""
+    torch.manual_seed(_step_seed(seed, rank, step) ^ 0x5DEECE66D)
+    return torch.Generator(device=device).manual_seed(_step_seed(seed, rank, step))
 
 
 def _with_condition(b: dict, spec: str, seed: int, epoch: int) -> dict:
@@ -72,10 +79,12 @@ class _Saver:
     def __init__(self, cfg: ExperimentConfig, norm: Normalization, meta: dict):
         self.cfg, self.norm, self.meta = cfg, norm, meta
 
-    def write(self, directory: str, model, ema: EMA, opt, sched, step: int, epoch: int, extra: dict) -> None:
+    def write(self, directory: str, model, ema: EMA, opt, sched, step: int, epoch: int, extra: dict,
+              epoch_step: int = 0) -> None:
+        """``epoch_step``: batches of ``epoch`` already consumed (a mid-epoch checkpoint resumes after them)."""
         state = {"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
                  "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "step": step, "epoch": epoch, "torch_rng": torch.get_rng_state(), "extra": extra}
+                 "step": step, "epoch": epoch, "epoch_step": epoch_step, "extra": extra}
         write_checkpoint_files(directory, ema.shadow, self.cfg, self.norm, {**self.meta, "step": step}, state)
 
 
@@ -88,18 +97,18 @@ def train_loop_per_worker(lc: dict) -> dict:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(lc.get("threads", 1))
-    torch.manual_seed(tc.seed + rank)
     if lc.get("workers_dir"):  # where each rank ran: node, host, pid, device (placement checks, debugging)
         os.makedirs(lc["workers_dir"], exist_ok=True)
         Path(lc["workers_dir"], f"rank-{rank}.json").write_text(json.dumps({
             "rank": rank, "world": world, "node_id": ray.get_runtime_context().get_node_id(),
             "host": socket.gethostname(), "pid": os.getpid(), "device": str(device)}))
 
+    torch.manual_seed(tc.seed)  # the initial weights (DDP then broadcasts rank 0's to every rank)
     model = ConditionalUNet(cfg.model).to(device)
     ema = EMA(model, tc.ema_decay)
     opt = make_optimizer(model, tc)
     sched = make_lr_scheduler(opt, tc)
-    step, epoch, best = 0, 0, {"score": -float("inf")}
+    step, epoch, epoch_step, best = 0, 0, 0, {"score": -float("inf")}
     ckpt = ray.train.get_checkpoint()  # --- Ray: set after a failure or on --resume
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -107,10 +116,9 @@ def train_loop_per_worker(lc: dict) -> dict:
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
-        step, epoch = int(st["step"]), int(st["epoch"])
+        step, epoch, epoch_step = int(st["step"]), int(st["epoch"]), int(st.get("epoch_step", 0))
         sched = resume_lr_scheduler(sched, opt, tc, st["scheduler"], step)  # --steps N may set a new horizon
         best = st["extra"].get("best", best)
-        torch.set_rng_state(st["torch_rng"])
     elif rank == 0 and lc.get("fit_log"):
         with open(lc["fit_log"], "a") as f:  # one line per from-scratch fit (tests count them)
             f.write(f"{time.time()}\n")
@@ -127,7 +135,8 @@ def train_loop_per_worker(lc: dict) -> dict:
         lc = {**lc, "tb_dir": f"{staging}/tensorboard", "export_dir": f"{staging}/export", "best_dir": f"{staging}/best"}
     tb = TBWriter(lc["tb_dir"] if rank == 0 else None, purge_step=step or None)
     vis = {k: torch.tensor(np.array(v)).to(device) for k, v in lc["vis"].items()}
-    train_shard = ray.train.get_dataset_shard("train")  # --- Ray: this rank's shard
+    # --- Ray: this rank's shard; a fixed per-rank split (materialized data) keeps the row order exact on resume
+    train_shard = ray.train.get_dataset_shard(f"train_{rank}" if lc.get("per_rank_train") else "train")
     val_shard = ray.train.get_dataset_shard("val")
     per_worker = tc.batch_size // world
     eval_ws = lc.get("eval_ws") or [cfg.sampler.w]
@@ -139,7 +148,7 @@ def train_loop_per_worker(lc: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             ck = None
             if rank == 0:
-                saver.write(tmp, model, ema, opt, sched, step, epoch, {"best": best})
+                saver.write(tmp, model, ema, opt, sched, step, epoch, {"best": best}, epoch_step)
                 ck = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=tag)  # --- Ray: all ranks
 
@@ -147,8 +156,13 @@ def train_loop_per_worker(lc: dict) -> dict:
     nonfinite = 0
     while step < max_steps:
         timer.start(device)
+        skip, epoch_step = epoch_step, 0
         for raw in iter_block_batches(train_shard, per_worker, drop_last=True,
                                       shuffle_seed=tc.seed + 7919 * rank + epoch):
+            if epoch_step < skip:  # resumed mid-epoch: these batches were trained on before the checkpoint
+                epoch_step += 1
+                continue
+            epoch_step += 1
             b = _with_condition(decode_batch(raw, norm, device, where=lc.get("data_name", "dataset")), tc.degrade,
                                 tc.seed, epoch)
             timer.mark("data_wait", device)
@@ -185,7 +199,7 @@ def train_loop_per_worker(lc: dict) -> dict:
             if step >= max_steps:
                 break
             timer.start(device)
-        epoch += 1
+        epoch, epoch_step = epoch + 1, 0
         metrics = _validate(model, ema, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank,
                             device, tb, step, epoch)
         score = metrics.get("psnr", -float("inf"))
