@@ -7,6 +7,7 @@ shapes and channels against the model config, the batch split, and GPUs in the c
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from cfgdiff.checkpoint import load_checkpoint, load_training_state
 from cfgdiff.config import ExperimentConfig, apply_overrides
 from cfgdiff.data import DatasetMeta, decode_batch, read_split
 from cfgdiff.degrade import degrade, parse_spec
@@ -192,20 +194,41 @@ def user_error(e: BaseException) -> str | None:
     return None
 
 
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest ``step_*`` checkpoint directory of a local run, if any."""
+    found = sorted(p for p in run.glob("step_*") if (p / "config.json").is_file()) if run.is_dir() else []
+    return found[-1] if found else None
+
+
 def run_training(job: TrainJob) -> dict:
-    """Validate, train, and return a summary (steps, seconds, final metrics, export path)."""
+    """Validate, train, and return a summary (steps, seconds, final metrics, export path).
+
+    A run that fails before its first checkpoint leaves nothing behind; one that fails later keeps its
+    checkpoints (``--resume`` continues it). A resumed run's saved state is loaded here first, so a bad
+    one is refused in one line before any worker starts, and its ``config.json`` is rewritten only after
+    the resumed run succeeds.
+    """
     meta = DatasetMeta.load(job.data_dir)
     cfg = validate_job(job, meta)
-    trainer = build_trainer(job, cfg, meta)
-    if "://" not in job.storage:
-        (Path(run_paths(job)["run"]) / "config.json").write_text(cfg.to_json())
+    local = "://" not in job.storage
+    run = Path(run_paths(job)["run"])
+    resuming = local and run.exists()
+    if resuming and (latest := latest_checkpoint(run)) is not None:
+        load_checkpoint(latest).build_model()
+        load_training_state(latest)
     try:
+        trainer = build_trainer(job, cfg, meta)
+        if local and not resuming:
+            (run / "config.json").write_text(cfg.to_json())
         result = trainer.fit()
-    except ray.train.TrainingFailedError as e:
-        cause = user_error(e)
-        if cause is None:
-            raise
-        raise InputError(cause) from None
+    except BaseException as e:
+        if local and not resuming and latest_checkpoint(run) is None:
+            shutil.rmtree(run, ignore_errors=True)  # nothing to resume: leave nothing behind
+        if isinstance(e, ray.train.TrainingFailedError) and (cause := user_error(e)) is not None:
+            raise InputError(cause) from None
+        raise
+    if local and resuming:
+        (run / "config.json").write_text(cfg.to_json())
     summary = dict(result.return_value or {})
     summary["run_dir"] = run_paths(job)["run"]
     summary["tensorboard"] = run_paths(job)["tb"]

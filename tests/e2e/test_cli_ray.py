@@ -78,6 +78,21 @@ def test_cli_train_info_infer(ray_session, tiny_data, tmp_path, capsys):
     code, out, err = run(["train", "--data", str(tiny_data), "--storage", str(tmp_path), "--resume", "cli",
                           "--steps", "15"], capsys)
     assert code == 0 and "done: 15 steps" in out, err
+    # a pickle in the latest training_state.pt: refused before any worker starts, in one line, run untouched
+    import pickle
+
+    from cluster.train import latest_checkpoint
+
+    latest = latest_checkpoint(tmp_path / "cli")
+    (latest / "training_state.pt").write_bytes(pickle.dumps({"x": 1}, protocol=4) + b"junk")
+    cfg_before = (tmp_path / "cli" / "config.json").read_bytes()
+    code, _, err = run(["train", "--data", str(tiny_data), "--storage", str(tmp_path), "--resume", "cli",
+                        "--steps", "20"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "training_state.pt: refused to load" in err, err
+    assert (tmp_path / "cli" / "config.json").read_bytes() == cfg_before, "a failed resume rewrites nothing"
+    code, _, err = run(["train", "--data", str(tiny_data), "--storage", str(tmp_path), "--resume", "cli",
+                        "--set", "train.lr=0.5"], capsys)
+    assert code == 2 and "--resume cli: cannot change train.lr" in err
 
 
 @pytest.mark.parametrize("args,match", [

@@ -166,10 +166,10 @@ def test_poisoned_shard_and_diverging_loss_stop_with_a_clear_error(ray_session, 
     with pytest.raises(InputError, match=rf"--data {bad}: NaN or inf in the target at row {idx}\b"):
         run_training(TrainJob(data_dir=str(bad), config=cfg, run_name="nan", storage=str(tmp_path), workers=1,
                               max_failures=0))
-    assert not (tmp_path / "nan" / "export").exists()
+    assert not (tmp_path / "nan").exists(), "a run that failed before its first checkpoint leaves nothing (#16.19)"
     cfg = tiny_config(tiny_data, "train.max_steps=40", "train.checkpoint_every=0", "train.lr=1e30",
                       "train.warmup_steps=0", "train.grad_clip=0", "train.max_nonfinite=2")
     with pytest.raises(InputError, match=r"training stopped at step \d+: the loss was NaN or inf for 2 consecutive"):
         run_training(TrainJob(data_dir=str(tiny_data), config=cfg, run_name="div", storage=str(tmp_path), workers=1,
                               max_failures=0))
-    assert not (tmp_path / "div" / "export").exists()
+    assert not (tmp_path / "div").exists()
