@@ -1,4 +1,4 @@
-"""`python -m bench [sampler|model|data|scaling|all] [--device cpu|cuda] [--precision fp32|bf16] [--record]`.
+"""`python -m bench [sampler|model|data|scaling|startup|all] [--device cpu|cuda] [--precision fp32|bf16] [--record]`.
 
 Prints tables of measured figures; --record appends them to bench/RESULTS.md with the machine,
 torch version and command. Nothing here passes or fails on time.
@@ -17,7 +17,8 @@ from .common import machine, record
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", default=["all"],
-                   choices=["all", "sampler", "model", "data", "scaling", "gap", "peers-sampling", "precision"])
+                   choices=["all", "sampler", "model", "data", "scaling", "startup", "gap", "peers-sampling",
+                            "precision"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
@@ -54,6 +55,10 @@ def main() -> None:
             from . import gap
 
             title, body = "Projection with an unconditional vs a conditional exact model (Gaussian data)", gap.run()
+        elif w == "startup":
+            from . import scaling
+
+            title, body = "Embedded Ray start-up: lean vs dashboard", scaling.startup()
         else:
             from . import scaling
 

@@ -25,6 +25,32 @@ def _data(d: Path, n: int = 4096, val_rows: int = 128) -> Path:
     return d / "ds"
 
 
+def startup(repeats: int = 3) -> str:
+    """Embedded Ray start-up as ``cfgdiff`` commands start it: lean (the default since #16.9) against the
+    dashboard on (the old default; still what ``tune`` and ``--dashboard`` use), alternating in one run."""
+    import ray
+
+    from cluster.runtime import start_ray, stop_ray
+
+    rows = []
+    for rep in range(repeats):
+        for dash in (True, False):
+            t0 = time.perf_counter()
+            info = start_ray(None, 6, dashboard=dash)
+            t1 = time.perf_counter()
+            ray.get(ray.remote(lambda: 1).remote())
+            t2 = time.perf_counter()
+            stop_ray(info)
+            rows.append({"embedded Ray": "dashboard on (before)" if dash else "lean, no dashboard (after)",
+                         "run": rep + 1, "start_ray s": t1 - t0, "first task s": t2 - t1,
+                         "shutdown s": time.perf_counter() - t2})
+    med = {d: float(np.median([r["start_ray s"] for r in rows if r["embedded Ray"].startswith(d)]))
+           for d in ("dashboard", "lean")}
+    return (table(rows, ["embedded Ray", "run", "start_ray s", "first task s", "shutdown s"])
+            + f"\n\nMedian start_ray: dashboard on {med['dashboard']:.2f} s, lean {med['lean']:.2f} s "
+            f"({med['dashboard'] - med['lean']:.2f} s saved per command).\n")
+
+
 def run(steps: int = 60, repeats: int = 3) -> str:
     from cfgdiff.config import ExperimentConfig, SamplerConfig
     from cfgdiff.data import DatasetMeta
@@ -33,6 +59,7 @@ def run(steps: int = 60, repeats: int = 3) -> str:
     from cluster.train import TrainJob, config_for_data, run_training
 
     rows, irows = [], []
+    start = startup()
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         ds = _data(d)
@@ -81,7 +108,7 @@ def run(steps: int = 60, repeats: int = 3) -> str:
                          "allreduce_probe ms/step") if any(c in r for r in rows)]
     note = ("\n\nStep-time split (rank 0): forward_backward includes DDP's all-reduce, which overlaps the backward; "
             "allreduce_probe times one separate all-reduce of all gradients (gloo, 2 processes on 2 cores).\n\n")
-    return (table(rows, cols) + note +
+    return (start + "\n\n" + table(rows, cols) + note +
             table(irows, ["setup", "run", "rows", "img/s", "ratio to 1 actor", "start-up s", "steady img/s",
                           "steady ratio"]) + summary +
             "\n\nimg/s: rows / wall time of the whole run, actor start-up (process, torch import, model load) "

@@ -307,20 +307,25 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], norm: Normalization, d
 
 def _row_groups(files: list[Path], columns: list[str] | None) -> Iterator[dict[str, np.ndarray]]:
     for f in files:
-        pf = pq.ParquetFile(f, memory_map=True)
-        for i in range(pf.num_row_groups):
-            yield table_to_numpy(pf.read_row_group(i, columns=columns))
+        try:
+            pf = pq.ParquetFile(f, memory_map=True)
+            for i in range(pf.num_row_groups):
+                yield table_to_numpy(pf.read_row_group(i, columns=columns))
+        except (OSError, pa.ArrowException, ValueError) as e:
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"{f}: unreadable Parquet shard ({str(e).splitlines()[0][:200]})") from None
 
 
-def iter_parquet_batches(split_dir: str | Path, batch_size: int, columns: list[str] | None = None
-                         ) -> Iterator[dict[str, np.ndarray]]:
+def iter_parquet_batches(split_dir: str | Path, batch_size: int, columns: list[str] | None = None,
+                         files: list[Path] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Ray-free local reader: raw numpy batches of exactly ``batch_size`` rows (the last may be
     shorter) from every shard of a split, in file order.
 
     Whole row groups are decoded one ahead on a background thread: pyarrow decompresses without the
     GIL, so reading the next group overlaps the consumer's work on this one.
     """
-    files = sorted(Path(split_dir).glob("*.parquet"))
+    files = files if files is not None else sorted(Path(split_dir).glob("*.parquet"))
     if not files:
         raise InputError(f"{split_dir}: no Parquet shards")
     groups = _row_groups(files, columns)

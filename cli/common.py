@@ -37,6 +37,8 @@ def ray_options(f):
                           "else an embedded local Ray started in-process.")(f)
     f = click.option("--num-cpus", type=int, default=None,
                      help="Logical CPUs of the embedded local Ray (default: cores + 4).")(f)
+    f = click.option("--dashboard", is_flag=True,
+                     help="Start the embedded Ray with its dashboard on 127.0.0.1:8265 (off by default: ~2 s faster).")(f)
     return f
 
 

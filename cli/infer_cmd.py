@@ -53,7 +53,7 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--from-tune", type=click.Path(), help="Use best.json of a `cfgdiff tune` directory (checkpoint, w).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.pass_context
-def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, actors, gpus_per_actor,
+def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, dashboard, actors, gpus_per_actor,
               threads_per_actor, batch_size, model_batch, method, steps, eta, w, resample, precision, num_samples, seed,
               from_tune, overwrite):
     """Reconstruct a batch of observations in parallel on Ray actors (CHECKPOINT or --from-tune)."""
@@ -84,7 +84,8 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
                    actors=actors, gpus_per_actor=gpus_per_actor, threads_per_actor=threads_per_actor,
                    batch_size=batch_size, model_batch=model_batch, sampler=sampler, num_samples=num_samples,
                    seed=seed, overwrite=overwrite)
-    info = start_ray(ray_address, num_cpus, quiet=click.get_current_context().obj.get("verbose") is not True)
+    info = start_ray(ray_address, num_cpus, dashboard=dashboard,
+                     quiet=click.get_current_context().obj.get("verbose") is not True)
     bar = Progress("reconstruct", ctx.obj.get("verbose") is not False)
     try:
         r = run_inference(job, progress=bar)

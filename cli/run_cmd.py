@@ -13,13 +13,14 @@ from .common import ray_options
 @click.option("--quick", is_flag=True, help="A much smaller run (about a minute) for smoke tests.")
 @click.option("--skip-tune", is_flag=True, help="Skip the Ray Tune stage.")
 @ray_options
-def demo_cmd(out, quick, skip_tune, ray_address, num_cpus):
+def demo_cmd(out, quick, skip_tune, ray_address, num_cpus, dashboard):
     """Run the whole job on offline demo data: generate, convert, train (Ray Train), tune p and w
     (Ray Tune), reconstruct on Ray actors, compare with mean-fill and the Bayes optimum, write PNGs."""
     from cluster.pipeline import DemoPlan, run_demo
 
     run_demo(DemoPlan.quick(out) if quick else DemoPlan.default(out), address=ray_address, num_cpus=num_cpus,
-             skip_tune=skip_tune, echo=click.echo, quiet=click.get_current_context().obj.get("verbose") is not True)
+             skip_tune=skip_tune, dashboard=dashboard or not skip_tune, echo=click.echo,
+             quiet=click.get_current_context().obj.get("verbose") is not True)
 
 
 COMMANDS = [demo_cmd]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -52,7 +53,7 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Automatic restarts from the last checkpoint.")
 @click.option("--spread", is_flag=True, help="Place workers on different nodes where possible (default: pack).")
 @click.pass_context
-def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, config_file, sets, epochs, steps,
+def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage, name, config_file, sets, epochs, steps,
               resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures, spread):
     """Train the conditional diffusion model with Ray Train (TorchTrainer, DDP).
 
@@ -61,7 +62,7 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, con
     STORAGE/NAME/export, the best-by-validation model to STORAGE/NAME/best.
     """
     from cluster.runtime import start_ray, stop_ray
-    from cluster.train import TrainJob, config_for_data, load_run_config, run_paths, run_training
+    from cluster.train import TrainJob, config_for_data, latest_checkpoint, load_run_config, run_paths, run_training
 
     meta = DatasetMeta.load(data)
     if epochs is not None and steps is not None:
@@ -80,7 +81,8 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, con
     cfg = config_for_data(meta, base, extra)
     if resume and (conflicts := resume_conflicts(base, cfg)):
         raise InputError(f"--resume {name}: cannot change {conflicts[0]} (start a new --name instead)")
-    info = start_ray(ray_address, num_cpus, quiet=click.get_current_context().obj.get("verbose") is not True)
+    info = start_ray(ray_address, num_cpus, dashboard=dashboard,
+                     quiet=click.get_current_context().obj.get("verbose") is not True)
     try:
         job = TrainJob(data_dir=data, config=cfg, run_name=name, storage=storage, workers=workers, use_gpu=gpu,
                        cpus_per_worker=cpus_per_worker, threads_per_worker=threads_per_worker,
@@ -89,7 +91,17 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, storage, name, con
         click.echo(f"Ray: {'embedded local' if info.embedded else 'cluster ' + info.address} "
                    f"({info.num_cpus:g} CPUs, {info.num_gpus:g} GPUs); {workers} worker(s)")
         click.echo(f"monitor: tensorboard --logdir {paths['tb']}")
-        s = run_training(job)
+        try:
+            s = run_training(job)
+        except KeyboardInterrupt:
+            latest = latest_checkpoint(Path(paths["run"])) if "://" not in storage else None
+            if latest is None:
+                click.echo("interrupted before the first checkpoint; nothing was kept", err=True)
+            else:
+                click.echo(f"interrupted at step {int(latest.name.split('_')[1])} (the last checkpoint); continue with "
+                           f"`cfgdiff train --data {data} --storage {storage} --resume {name} --steps "
+                           f"{cfg.train.max_steps}`", err=True)
+            sys.exit(130)
     finally:
         stop_ray(info)
     click.echo(f"done: {s.get('step')} steps in {s.get('seconds', 0):.0f} s; {fmt_metrics(s['metrics'])}")

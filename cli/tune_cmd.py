@@ -38,7 +38,7 @@ def _floats(value: str | None, name: str) -> tuple[float, ...] | None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override the base config (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in OUT/NAME.")
 def tune_cmd(data, out, name, num_samples, p_range, p_grid, w_grid, metric, epochs, workers_per_trial, gpu,
-             max_concurrent, ray_address, num_cpus, config_file, sets, resume):
+             max_concurrent, ray_address, num_cpus, dashboard, config_file, sets, resume):
     """Search the condition-dropout probability p with Ray Tune (ASHA); every trial trains once
     and scores all guidance weights w of --w-grid, so w never costs a retrain.
 
@@ -60,7 +60,9 @@ def tune_cmd(data, out, name, num_samples, p_range, p_grid, w_grid, metric, epoc
                   epochs=epochs, workers_per_trial=workers_per_trial, use_gpu=gpu, max_concurrent=max_concurrent,
                   resume=resume)
     validate_tune(job)
-    info = start_ray(ray_address, num_cpus, quiet=click.get_current_context().obj.get("verbose") is not True)
+    # the dashboard is always on here: Train V2's placement-group cleaner needs it for ASHA-stopped trials
+    info = start_ray(ray_address, num_cpus, dashboard=True,
+                     quiet=click.get_current_context().obj.get("verbose") is not True)
     try:
         s = run_tune(job)
     finally:

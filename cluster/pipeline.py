@@ -67,7 +67,7 @@ def _stage(echo, title: str) -> float:
 
 
 def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = None, skip_tune: bool = False,
-             echo=print, quiet: bool = True) -> dict:
+             echo=print, quiet: bool = True, dashboard: bool = True) -> dict:
     out = Path(plan.out)
     if out.exists():
         shutil.rmtree(out)  # the demo directory is ours: a rerun starts clean
@@ -84,7 +84,7 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
     meta = DatasetMeta.load(out / "data")
     cfg = config_for_data(meta, ExperimentConfig(), list(plan.model + plan.train))
 
-    info = start_ray(address, num_cpus, quiet=quiet)
+    info = start_ray(address, num_cpus, quiet=quiet, dashboard=dashboard)
     try:
         t = _stage(echo, "3/6 train (Ray Train TorchTrainer, 1 worker)")
         echo(f"Ray {'embedded local' if info.embedded else info.address}: {info.num_cpus:g} logical CPUs")

@@ -2,14 +2,18 @@
 
 With no address (and no RAY_ADDRESS) we start Ray in-process on loopback, with a few more logical
 CPUs than the physical count so that Ray Data read/write tasks are never starved by train workers
-or inference actors (../shared/RAY_NOTES.md §0.3). The dashboard stays on: Train V2 needs it to
-clean up placement groups of stopped Tune trials (§0.2).
+or inference actors (../shared/RAY_NOTES.md §0.3). The embedded cluster starts lean: no dashboard
+(about 2 s of start-up and a process; ``--dashboard`` turns it on), except for ``cfgdiff tune``,
+where Train V2 needs it to clean up the placement groups of trials that ASHA stops (§0.2).
+Its address is exported as RAY_ADDRESS for Ray's own clients in this process, so that a second
+cfgdiff command with its own embedded Ray on the same host never makes them ask "which cluster?".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -46,10 +50,11 @@ def default_num_cpus() -> int:
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
-              object_store_mb: int | None = None) -> RayInfo:
+              object_store_mb: int | None = None, dashboard: bool = False) -> RayInfo:
     """Join ``address`` (``auto``, ``HOST:PORT``, ``ray://...``) or start an embedded local Ray.
 
-    ``address="local"`` always starts a fresh local cluster (tests). A ``None`` address falls back
+    ``address="local"`` always starts a fresh local cluster (tests). ``dashboard`` applies to an embedded
+    cluster only. A ``None`` address falls back
     to ``RAY_ADDRESS`` and then to a fresh embedded cluster, whose object store is ``object_store_mb``
     or Ray's default (30% of RAM, allocated only as objects are stored): training materializes a
     dataset that fits in half of it and then reads every epoch from shared memory.
@@ -67,7 +72,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         kwargs["logging_config"] = ray.LoggingConfig(log_level="ERROR")
     embedded = address == "local"
     if embedded:
-        kwargs.update(num_cpus=num_cpus or default_num_cpus(), include_dashboard=True,
+        kwargs.update(num_cpus=num_cpus or default_num_cpus(), include_dashboard=dashboard,
                       dashboard_host="127.0.0.1")
         if object_store_mb is not None:
             kwargs["object_store_memory"] = object_store_mb * 2**20
@@ -78,15 +83,44 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ray.init(address=address, **kwargs)
-    if embedded:  # Ray's own clients in this process (Train's placement-group cleaner) must find *this*
-        # cluster, not ask "which one?" when another cfgdiff command runs its own embedded Ray on the host
+    saved_env = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    if embedded:
+        # Ray's own clients (Train's placement-group cleaner, a detached actor the raylet spawns with the
+        # environment it had at start-up) look the cluster up with address "auto", which fails with "Found
+        # multiple active Ray instances" when another cfgdiff command runs its own embedded Ray on the host.
+        # So the GCS port is chosen here and exported before start-up, for every process of this cluster.
+        port = _free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ray.init(address=address, **kwargs)
+    except BaseException:
+        _restore(saved_env)
+        raise
+    if embedded:
+        _restore({"RAY_GCS_SERVER_PORT": saved_env["RAY_GCS_SERVER_PORT"]})
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     quiet_ray_logs()
     r = ray.cluster_resources()
     return RayInfo(ray.get_runtime_context().gcs_address, embedded, r.get("CPU", 0), r.get("GPU", 0))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _restore(env: dict[str, str | None]) -> None:
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -110,25 +144,32 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def quiet_ray_logs() -> None:
-    """Turn down Ray Data / Train / Tune chatter in this process (driver, trial or worker)."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.print_on_execution_start = False
-    ctx.enable_progress_bars = False
-    from ray.util.debug import log_once
+    """Turn down Ray Data / Train / Tune chatter in this process (driver, trial or worker).
 
-    log_once("ray_data_progress_manager_disabled")  # consume the one-time "progress bars disabled" notice
+    Only libraries this process has imported are touched: importing Ray Data and Train just to quiet
+    them cost ~1.6 s of every ``cfgdiff infer`` start-up, which uses neither."""
     for name in ("ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # Train V2 names this logger by file path; it logs every report at INFO
-    from ray.train.v2._internal.execution import context as _train_ctx
+    if "ray.data" in sys.modules:
+        ctx = ray.data.DataContext.get_current()
+        ctx.print_on_execution_start = False
+        ctx.enable_progress_bars = False
+        from ray.util.debug import log_once
 
-    logging.getLogger(_train_ctx.__file__).setLevel(logging.WARNING)
+        log_once("ray_data_progress_manager_disabled")  # consume the one-time "progress bars disabled" notice
+    if "ray.train" in sys.modules:
+        # Train V2 names this logger by file path; it logs every report at INFO
+        from ray.train.v2._internal.execution import context as _train_ctx
+
+        logging.getLogger(_train_ctx.__file__).setLevel(logging.WARNING)
 
 
 def stop_ray(info: RayInfo | None = None) -> None:
     """Disconnect (and stop an embedded cluster) unless Ray was already up before ``start_ray``."""
     if ray.is_initialized() and (info is None or info.connected_here):
         ray.shutdown()
+    if info is not None and info.embedded and os.environ.get("RAY_ADDRESS") == info.address:
+        del os.environ["RAY_ADDRESS"]  # exported by start_ray for this cluster only
 
 
 def cluster_gpus() -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -194,6 +195,32 @@ def user_error(e: BaseException) -> str | None:
     return None
 
 
+def fit_interruptibly(trainer: TorchTrainer):
+    """``trainer.fit()``, with Ctrl-C raising ``KeyboardInterrupt`` here.
+
+    In the main thread Ray Train installs its own SIGINT handler, which aborts the run and then calls
+    ``sys.exit`` inside the handler (the process ended with status 1 and no message). Run from another
+    thread, fit() leaves SIGINT alone, so the caller can say where the run stopped and exit 130; the
+    checkpoints already written stay as they are, and the run's actors end with the driver."""
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()  # a Tune trial: Tune handles signals
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, name="cfgdiff-fit", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     """The newest ``step_*`` checkpoint directory of a local run, if any."""
     found = sorted(p for p in run.glob("step_*") if (p / "config.json").is_file()) if run.is_dir() else []
@@ -220,7 +247,7 @@ def run_training(job: TrainJob) -> dict:
         trainer = build_trainer(job, cfg, meta)
         if local and not resuming:
             (run / "config.json").write_text(cfg.to_json())
-        result = trainer.fit()
+        result = fit_interruptibly(trainer)
     except BaseException as e:
         if local and not resuming and latest_checkpoint(run) is None:
             shutil.rmtree(run, ignore_errors=True)  # nothing to resume: leave nothing behind

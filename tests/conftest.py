@@ -25,7 +25,8 @@ RAY_CPUS = 6  # a few more logical CPUs than workers + actors so Ray Data is nev
 def ray_session():
     from cluster.runtime import start_ray, stop_ray
 
-    info = start_ray(address="local", num_cpus=RAY_CPUS, quiet=True, object_store_mb=512)
+    # dashboard on: the tune tests need Train V2's placement-group cleaner (RAY_NOTES §0.2)
+    info = start_ray(address="local", num_cpus=RAY_CPUS, quiet=True, object_store_mb=512, dashboard=True)
     assert info.address.startswith("127.0.0.1:"), info.address
     yield info
     stop_ray(info)

@@ -133,3 +133,43 @@ def test_unreachable_ray_address_fails_fast_with_one_line(tiny_data, tmp_path, c
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "--ray-address 127.0.0.1:9: cannot connect" in r.stderr
     assert not (tmp_path / "cfgdiff-run").exists() and not (tmp_path / "o.npy").exists()
+
+
+def test_two_concurrent_embedded_clusters_each_find_their_own(ray_session, tiny_data, tiny_checkpoint, tmp_path):
+    """#16.8: with another Ray running on the host (this session's), a `cfgdiff train` and a `cfgdiff infer`
+    run at once, each with its own embedded Ray; the address is exported before start-up, so Ray's internal
+    clients (Train's placement-group cleaner) never fail with "Found multiple active Ray instances"."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sets = _sets("train.checkpoint_every=0", "train.val_batches=1")
+    cmds = [["train", "--data", str(tiny_data), "--storage", str(tmp_path), "--name", "c0", "--steps", "3", *sets],
+            ["infer", tiny_checkpoint, "--input", str(tiny_data), "--out", str(tmp_path / "r.npy"), "--steps", "2"]]
+    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", *c, "--num-cpus", "3"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert "multiple active Ray instances" not in out + err and "Traceback" not in err, err[-2000:]
+    assert "done: 3 steps" in outs[0][0] and "embedded local" in outs[0][0] and "32 rows" in outs[1][0]
+
+
+def test_ctrl_c_during_train_keeps_checkpoints_and_says_how_to_continue(ray_session, tiny_data, tmp_path):
+    """#16.15: SIGINT during `cfgdiff train`: exit 130, one line naming the step and the resume command,
+    the checkpoints left as they are."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "cli.main", "train", "--data", str(tiny_data), "--storage", str(tmp_path), "--name",
+           "int", "--steps", "400", "--ray-address", ray_session.address, *_sets("train.checkpoint_every=5")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "int").glob("step_*/config.json")):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted at step" in err and f"--storage {tmp_path} --resume int --steps 400" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert list((tmp_path / "int").glob("step_*/model.safetensors")), "checkpoints kept"

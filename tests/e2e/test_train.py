@@ -173,3 +173,19 @@ def test_poisoned_shard_and_diverging_loss_stop_with_a_clear_error(ray_session, 
         run_training(TrainJob(data_dir=str(tiny_data), config=cfg, run_name="div", storage=str(tmp_path), workers=1,
                               max_failures=0))
     assert not (tmp_path / "div").exists()
+
+
+def test_damaged_shard_is_named_before_training(ray_session, tiny_data, tmp_path):
+    """#16.18: a truncated Parquet shard is refused on the driver, naming the shard, before any worker starts."""
+    import shutil
+
+    from cfgdiff.errors import InputError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data, bad)
+    shard = sorted((bad / "train").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    cfg = tiny_config(bad, "train.max_steps=4", "train.checkpoint_every=0")
+    with pytest.raises(InputError, match=rf"{shard}: unreadable Parquet shard"):
+        run_training(TrainJob(data_dir=str(bad), config=cfg, run_name="dmg", storage=str(tmp_path), workers=1))
+    assert not (tmp_path / "dmg").exists()

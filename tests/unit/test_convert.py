@@ -238,3 +238,15 @@ def test_tensor_columns_decode_zero_copy_and_carry_no_statistics(tmp_path):
     rg = pq.ParquetFile(next((tmp_path / "o" / "train").glob("*.parquet"))).metadata.row_group(0)
     stats = {rg.column(i).path_in_schema: rg.column(i).is_stats_set for i in range(rg.num_columns)}
     assert stats == {"index": True, "target": False}
+
+
+def test_damaged_shard_named_by_the_local_reader(tmp_path):
+    """#16.18: evaluate and infer read through this reader; a damaged shard is named, not a bare pyarrow error."""
+    from cfgdiff.data import read_split
+
+    np.save(tmp_path / "x.npy", np.zeros((40, 8, 8), np.float32))
+    convert(str(tmp_path / "x.npy"), tmp_path / "ds", ConvertOptions(val_fraction=0.0))
+    shard = sorted((tmp_path / "ds" / "train").glob("*.parquet"))[0]
+    shard.write_bytes(b"PAR1" + b"\0" * 64 + shard.read_bytes()[-8:])
+    with pytest.raises(InputError, match=rf"{shard}: unreadable Parquet shard"):
+        read_split(tmp_path / "ds" / "train")
