@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cfgdiff.data import DatasetMeta
@@ -65,6 +67,11 @@ def tune_cmd(data, out, name, num_samples, p_range, p_grid, w_grid, metric, epoc
                      quiet=click.get_current_context().obj.get("verbose") is not True)
     try:
         s = run_tune(job)
+    except KeyboardInterrupt as e:
+        where = f"{str(e)}; " if str(e) else ""
+        click.echo(f"{where}interrupted; continue with `cfgdiff tune --data {data} --out {out} --name {name} "
+                   "--resume` (the same options)", err=True)
+        sys.exit(130)
     finally:
         stop_ray(info)
     click.echo(f"{'trial':<28} {'p':>6} {'best w':>7} {'PSNR':>7} {'SSIM':>6} {'MAE_miss':>9} {'val_loss':>9} {'steps':>6}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -87,8 +88,11 @@ def _trainable(config: dict) -> None:
 def run_tune(job: TuneJob) -> dict:
     validate_tune(job)
     out = Path(job.out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     exp_path = out / job.name
+    if job.resume and not tune.Tuner.can_restore(str(exp_path)):  # checked before --out is created (#16.19)
+        raise InputError(f"--resume: no interrupted search at {exp_path}")
+    made_out = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     mode = METRICS[job.metric]
     target = f"best_{job.metric}"
     p_space = tune.grid_search(list(job.p_grid)) if job.p_grid is not None else tune.uniform(*job.p_range)
@@ -97,8 +101,6 @@ def run_tune(job: TuneJob) -> dict:
                    "epochs": job.epochs, "w_grid": list(job.w_grid)}
     resources = tune.with_resources(_trainable, {"CPU": 0.01})  # the trial only drives its TorchTrainer
     if job.resume:
-        if not tune.Tuner.can_restore(str(exp_path)):
-            raise InputError(f"--resume: no interrupted search at {exp_path}")
         tuner = tune.Tuner.restore(str(exp_path), trainable=resources, resume_unfinished=True, resume_errored=True,
                                    param_space=param_space)
     else:
@@ -111,8 +113,20 @@ def run_tune(job: TuneJob) -> dict:
                                         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=job.epochs,
                                                                 grace_period=job.grace_period, reduction_factor=2)),
             run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0, stop=job.stopper))
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException:
+        if made_out and not any(out.rglob("*.json")):
+            shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave nothing behind
+        raise
+    finished = results.num_terminated + results.num_errors
+    if finished < len(results):  # Tune caught Ctrl-C, saved the experiment state and returned early
+        raise SearchInterrupted(f"interrupted with {finished} of {len(results)} trials finished")
     return summarize(results, job, out, target, mode)
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """A search stopped by Ctrl-C; its state is saved and ``--resume`` continues it."""
 
 
 def summarize(results, job: TuneJob, out: Path, target: str, mode: str) -> dict:

@@ -54,13 +54,15 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_sessio
     cmd = [sys.executable, "-m", "cli.main", "tune", "--data", str(tiny_data), "--out", str(tmp_path),
            "--ray-address", ray_session.address, "--p-grid", "0.2,0.3", "--w-grid", "0,1", "--epochs", "1",
            *_sets("train.lr=2e-3")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[2])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[2])
     deadline = time.time() + 240
     while time.time() < deadline and not list((tmp_path / "trials").glob("*/export/config.json")):
         assert proc.poll() is None, "tune exited before it could be interrupted"
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "interrupted; continue with `cfgdiff tune" in err and "--resume`" in err, err[-2000:]
     first = _fits(tmp_path)
     assert len(first) >= 1
     cfg = tiny_config(tiny_data, "train.lr=2e-3")
@@ -70,6 +72,14 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_sessio
     assert len(s["rows"]) == 2 and len(fits) == 2
     finished = [t for t in first if (tmp_path / "trials" / t / "export").is_dir()]
     assert finished and all(fits[t] == 1 for t in finished), f"finished trials were not rerun: {first} -> {fits}"
+
+
+def test_resume_of_a_missing_search_leaves_nothing(tiny_data, tmp_path):
+    """#16.19: a failed `tune --resume` creates no --out."""
+    with pytest.raises(InputError, match="--resume: no interrupted search"):
+        run_tune(TuneJob(data_dir=str(tiny_data), config=tiny_config(tiny_data), out_dir=str(tmp_path / "nope"),
+                         p_grid=(0.2,), w_grid=(1.0,), resume=True))
+    assert not (tmp_path / "nope").exists()
 
 
 @pytest.mark.parametrize("kw,match", [({"w_grid": ()}, "w-grid is empty"), ({"p_grid": (0.1, 1.0)}, r"in \[0, 1\)"),

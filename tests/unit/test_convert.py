@@ -250,3 +250,31 @@ def test_damaged_shard_named_by_the_local_reader(tmp_path):
     shard.write_bytes(b"PAR1" + b"\0" * 64 + shard.read_bytes()[-8:])
     with pytest.raises(InputError, match=rf"{shard}: unreadable Parquet shard"):
         read_split(tmp_path / "ds" / "train")
+
+
+def test_rows_poisoned_after_convert_are_refused_where_decoded(tmp_path):
+    """#16.11: a shard whose values turned NaN after convert (damaged bytes, footer intact) is refused by the
+    reader, naming the row's index; a condition with inf, or NaN where the mask says known, likewise."""
+    import pyarrow.parquet as pq
+
+    from cfgdiff.data import DatasetMeta, decode_batch, read_split, table_to_numpy, tensor_field
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(40, 8, 8)).astype(np.float32))
+    convert(str(tmp_path / "x.npy"), tmp_path / "ds", ConvertOptions(degrade="drop:0.5", val_fraction=0.0))
+    meta = DatasetMeta.load(tmp_path / "ds")
+    shard = sorted((tmp_path / "ds" / "train").glob("*.parquet"))[0]
+    t = pq.read_table(shard)
+    cols = table_to_numpy(t)
+    assert decode_batch(cols, meta.normalization)["x0"].isfinite().all()  # clean rows decode
+    for col, value, where in (("target", np.nan, None), ("condition", np.inf, None), ("condition", np.nan, "known")):
+        bad = cols[col].copy()
+        if where == "known":
+            bad[5][np.broadcast_to(cols["mask"][5].astype(bool), bad[5].shape)] = value
+        else:
+            bad[5] = value
+        f, arr = tensor_field(col, bad)
+        pq.write_table(t.set_column(t.schema.get_field_index(col), f, arr), shard)
+        idx = int(cols["index"][5])
+        with pytest.raises(InputError, match=rf"--data ds: .* at row {idx}\b"):
+            decode_batch(read_split(shard.parent), meta.normalization, where="--data ds")
