@@ -14,6 +14,8 @@ import csv
 import json
 import os
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -113,16 +115,28 @@ def run_tune(job: TuneJob) -> dict:
                                         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=job.epochs,
                                                                 grace_period=job.grace_period, reduction_factor=2)),
             run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0, stop=job.stopper))
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupt_marker) if main else None
     try:
         results = tuner.fit()
     except BaseException:
         if made_out and not any(out.rglob("*.json")):
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave nothing behind
         raise
-    finished = results.num_terminated + results.num_errors
-    if finished < len(results):  # Tune caught Ctrl-C, saved the experiment state and returned early
-        raise SearchInterrupted(f"interrupted with {finished} of {len(results)} trials finished")
+    finally:
+        # Tune's own SIGINT handler saves the search and ends fit() early; it puts back the handler it found
+        # (ours) only when a signal came, and otherwise stays installed
+        interrupted = main and signal.getsignal(signal.SIGINT) is _interrupt_marker
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise SearchInterrupted(f"{results.num_terminated} of {len(results)} trials finished")
     return summarize(results, job, out, target, mode)
+
+
+def _interrupt_marker(signum, frame):
+    """Python's default Ctrl-C behaviour, under a name ``run_tune`` can recognise."""
+    signal.default_int_handler(signum, frame)
 
 
 class SearchInterrupted(KeyboardInterrupt):
