@@ -180,7 +180,7 @@ def load_run_config(storage: str, name: str) -> ExperimentConfig:
 
 
 def user_error(e: BaseException) -> str | None:
-    """The first line of a cfgdiff ``InputError`` raised inside a worker (bad data, a non-finite loss),
+    """The message line of a cfgdiff ``InputError`` raised inside a worker (bad data, a non-finite loss),
     found in a Ray Train failure; None when the failure is something else (a crash, a lost node)."""
     todo = list(getattr(e, "worker_failures", {}).values()) + [getattr(e, "controller_failure", None)]
     seen = set()
@@ -190,7 +190,7 @@ def user_error(e: BaseException) -> str | None:
             continue
         seen.add(id(x))
         if isinstance(x, InputError):
-            return str(x).strip().splitlines()[-1] if "\n" in str(x).strip() else str(x)
+            return str(x).strip().splitlines()[-1]  # a wrapped error ends with the message line
         todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
     return None
 
