@@ -16,7 +16,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import SamplerConfig
 from .degrade import operator_for
-from .engine import autocast
+from .engine import autocast, resolve_precision
 from .errors import InputError
 from .normalize import Normalization
 from .sampling import sample
@@ -108,7 +108,7 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
     runs on fixed-size chunks (``FixedBatch``), so on CPU the output is bit-identical for any batch
     size or worker count.
     """
-    if sampler.precision == "bf16":
+    if resolve_precision(sampler.precision, cond.device) == "bf16":
         model = Autocast(model, cond.device.type)
     if model_batch > 0:
         model = FixedBatch(model, model_batch)

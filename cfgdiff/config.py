@@ -18,6 +18,9 @@ from .errors import InputError
 FORMAT_VERSION = 1
 
 
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where it is native (engine.native_bf16), fp32 elsewhere
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -92,12 +95,12 @@ class SamplerConfig:
     w: float = 1.0  # guidance: eps_u + w (eps_c - eps_u); 0 uncond, 1 cond
     resample: tuple[int, int] | None = None  # RePaint (jump length j, resamplings r)
     clip_x0: bool = True  # clamp x0 predictions to [-1, 1] (min/max-normalised data)
-    precision: Literal["fp32", "bf16"] = "fp32"  # network under bf16 autocast (GPU; CPU with AVX512-BF16/AMX); sampler math fp32
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # network under bf16 autocast; auto: bf16 where native; sampler math fp32
 
     def __post_init__(self):
         import math
 
-        _check(self.precision in ("fp32", "bf16"), f"sampler.precision must be fp32 or bf16, got {self.precision!r}")
+        _check(self.precision in PRECISIONS, f"sampler.precision must be fp32, bf16 or auto, got {self.precision!r}")
         _check(self.method in ("ddim", "ddpm"), f"sampler.method must be ddim or ddpm, got {self.method!r}")
         _check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
         _check(0.0 <= self.eta <= 1.0, f"sampler.eta must be in [0, 1], got {self.eta}")
@@ -119,7 +122,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of the weights
     p_uncond: float = 0.1  # condition-dropout probability p
     min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None = plain MSE
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16 autocast; auto: bf16 on GPUs and AVX512-BF16/AMX CPUs
     compile: bool = False  # torch.compile the model
     channels_last: bool = True  # channels_last memory format (faster convolutions on CPU and GPU)
     seed: int = 0  # base seed (rank r uses seed + 1000 r)
@@ -142,7 +145,7 @@ class TrainConfig:
         _check(0.0 <= self.p_uncond < 1.0, f"train.p_uncond must be in [0, 1), got {self.p_uncond}")
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
                f"train.min_snr_gamma must be > 0 or null, got {self.min_snr_gamma}")
-        _check(self.precision in ("fp32", "bf16"), f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        _check(self.precision in PRECISIONS, f"train.precision must be fp32, bf16 or auto, got {self.precision!r}")
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         _check(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")

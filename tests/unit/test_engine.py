@@ -176,3 +176,19 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched():
     assert out["finite"] is False and not torch.isfinite(out["loss"])
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()), "weights unchanged"
     assert all(torch.equal(moments[k], v) for k, v in opt.state_dict()["state"][0].items()), "Adam moments unchanged"
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native():
+    """An AVX2-only CPU emulates bf16 (a training step ran 11x slower than fp32 here): ``auto`` picks fp32 there."""
+    from cfgdiff.config import ExperimentConfig, apply_overrides
+    from cfgdiff.engine import native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    assert native_bf16(cpu) == native
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    cfg = apply_overrides(ExperimentConfig(), ['train.precision="auto"', 'sampler.precision="auto"'])
+    assert cfg.train.precision == "auto" and cfg.sampler.precision == "auto"
+    with pytest.raises(ValueError, match="'fp32', 'bf16', 'auto'"):
+        apply_overrides(ExperimentConfig(), ['train.precision="fp16"'])
