@@ -32,6 +32,11 @@ class Component:
     value: float
     random_position: bool = False
 
+    @property
+    def label(self) -> str:
+        """The spec text of this component, e.g. drop:0.9 or box:0.4:random (figure labels)."""
+        return f"{self.kind}:{self.value:g}" + (":random" if self.random_position else "")
+
 
 def parse_spec(spec: str) -> list[Component]:
     """Parse a degradation spec; raises InputError naming the spec and what was expected."""
@@ -185,6 +190,18 @@ def operator_for(spec: str, cond: torch.Tensor, mask: torch.Tensor):
     return None
 
 
+def _row_component(comps: list[Component], seed: int, i: int) -> tuple[torch.Generator, Component]:
+    """Row i's generator and, for a mix, the component it draws (seeded by (seed, i) alone)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+    return g, comps[int(torch.randint(0, len(comps), (1,), generator=g))] if len(comps) > 1 else comps[0]
+
+
+def row_kinds(spec: str, seed: int, index: Sequence[int]) -> list[str]:
+    """The degradation each row of ``degrade(x, spec, seed, index)`` received, as spec text."""
+    comps = parse_spec(spec)
+    return [_row_component(comps, seed, int(i))[1].label for i in index]
+
+
 def degrade(x: torch.Tensor, spec: str | Sequence[Component], seed: int = 0,
             index: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Degrade a clean batch x (B, C, H, W) -> (cond (B, C, H, W), mask (B, 1, H, W))."""
@@ -193,8 +210,7 @@ def degrade(x: torch.Tensor, spec: str | Sequence[Component], seed: int = 0,
     idx = range(B) if index is None else [int(i) for i in index]
     conds, masks = [], []
     for b, i in enumerate(idx):
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
-        c = comps[int(torch.randint(0, len(comps), (1,), generator=g))] if len(comps) > 1 else comps[0]
+        g, c = _row_component(comps, seed, i)
         xb = x[b:b + 1].float().cpu()
         if c.kind == "sr":
             s = int(c.value)

@@ -109,6 +109,8 @@ class EvalOptions:
     sweep: tuple[str, ...] = ()  # quality against cost, e.g. ("ddim:10", "ddim:50", "ddpm:1000", "ddim:25:r5,3")
     baselines: bool = True
     demo_meta: str | None = None  # demo.json of Gaussian-random-field data (auto-detected)
+    device: str = "cpu"  # torch device of the model ("cuda" with --gpu)
+    precision: str | None = None  # network precision (default: the checkpoint's sampler.precision)
     extra: dict = field(default_factory=dict)
 
 
@@ -157,8 +159,11 @@ def parse_sweep(item: str) -> tuple[str, int, tuple[int, int] | None]:
 
 
 def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None = None,
-                   progress=None, overwrite: bool = False) -> dict:
-    """Score the model and classical baselines per degradation; Bayes optimum for GRF demo data."""
+                   progress=None, overwrite: bool = False, draw_panels=None) -> dict:
+    """Score the model and classical baselines per degradation; Bayes optimum for GRF demo data.
+
+    ``draw_panels(path, rows, columns, row_labels, kinds)`` draws evaluate.png with labels (the CLI passes
+    ``cluster.plots.panel_grid``); without it, an unlabelled grid is written with the core's own PNG writer."""
     from .api import load
     from .baselines import BASELINES, available
     from .viz import image_grid, write_png
@@ -169,7 +174,7 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         parse_sweep(item)
     if out_dir and (Path(out_dir) / "evaluate.json").exists() and not overwrite:
         raise InputError(f"--out {out_dir}: evaluate.json exists; pass --overwrite to replace it")
-    rec = load(ckpt_path)
+    rec = load(ckpt_path, opts.device)
     norm, mc = rec.ckpt.normalization, rec.config.model
     target, demo = _targets(data, opts.split, opts.limit)
     if tuple(target.shape[1:]) != (mc.in_channels, *mc.image_size):
@@ -185,6 +190,7 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         cond, mask = _degrade_raw(target, spec, norm, opts.seed)
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=opts.steps, w=w, num_samples=opts.num_samples, seed=opts.seed,
+                            precision=opts.precision,
                             method=opts.method, eta=opts.eta, degrade_spec=spec)
         model_rows = score_rows(r.mean, target, mask, norm, r.std if opts.num_samples > 1 else None, opts.num_samples)
         rows = {"cfgdiff": {**mean_rows(model_rows),
@@ -229,14 +235,22 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         tmp = out / "evaluate.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2))
         os.replace(tmp, out / "evaluate.json")
-        panels = []
-        for _spec, cond, mask, r, tgt in grids:
+        panels, labels = [], []
+        for spec, cond, mask, r, tgt in grids:
             for i in range(min(3, len(tgt))):
                 panels.append([np.where(mask[i] > 0, cond[i], np.nan) if mask.any() else cond[i],
-                               mean_fill_raw(cond[i:i + 1], mask[i:i + 1])[0], r.mean[i], r.std[i], tgt[i]])
-        lo, hi = float(target.min()), float(target.max())
-        smax = max(float(max(g[3].std.max() for g in grids)), 1e-6)
-        write_png(out / "evaluate.png", image_grid(panels, scale=4, ranges=[(lo, hi)] * 3 + [(0, smax), (lo, hi)]))
+                               mean_fill_raw(cond[i:i + 1], mask[i:i + 1])[0], r.mean[i],
+                               r.std[i] if opts.num_samples > 1 else None, tgt[i]])
+                labels.append(f"{spec}\nrow {i}")
+        if draw_panels is not None:
+            draw_panels(out / "evaluate.png", panels, ["observed", "mean-fill", "cfgdiff mean",
+                                                       f"cfgdiff std (K={opts.num_samples})", "target"],
+                        labels, ["value", "value", "value", "std", "value"])
+        else:
+            lo, hi = float(target.min()), float(target.max())
+            grid = [[np.zeros_like(p[2]) if p[3] is None and j == 3 else p[j] for j in range(5)] for p in panels]
+            smax = max(float(max(np.nanmax(p[3]) for p in grid)), 1e-6)
+            write_png(out / "evaluate.png", image_grid(grid, scale=4, ranges=[(lo, hi)] * 3 + [(0, smax), (lo, hi)]))
     return doc
 
 
@@ -248,6 +262,7 @@ def _sweep(rec, target, opts: EvalOptions, w: float, norm: Normalization) -> lis
         method, steps, resample = parse_sweep(item)
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=steps, w=w, num_samples=1, seed=opts.seed, method=method,
+                            precision=opts.precision,
                             eta=1.0 if method == "ddpm" else 0.0, resample=resample, degrade_spec=opts.degrade[0])
         m = score(r.mean, target, mask, norm)
         rows.append({"sampler": item, "model_calls": r.num_model_calls, "psnr": m["psnr"], "ssim": m["ssim"],

@@ -2,33 +2,81 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import sys
 
 import click
 
+from cfgdiff.progress import Progress as CoreProgress
+
 
 class Progress:
-    """A click progress bar driven by (done, total) callbacks; silent when quiet."""
+    """(done, total) callbacks drawn by ``cfgdiff.progress.Progress``: a bar on a terminal, a line per
+    interval otherwise, with an ETA from the recent rate; silent when not enabled (--quiet)."""
 
-    def __init__(self, label: str, enabled: bool = True):
-        self.label, self.enabled, self.bar, self.done = label, enabled, None, 0
+    def __init__(self, label: str, enabled: bool = True, unit: str = "row"):
+        self.label, self.enabled, self.unit, self.bar = label, enabled, unit, None
 
     def __call__(self, *args) -> None:
         done, total = args[-2], args[-1]
         if not self.enabled:
             return
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, show_eta=True, show_pos=True, file=None)
-            self.bar.__enter__()
-        self.bar.update(done - self.done)
-        self.done = done
+            self.bar = CoreProgress(self.label.strip(), total, unit=self.unit)
+        self.bar.update(done)
         if done >= total:
             self.close()
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.close()
             self.bar = None
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def setup_logging(verbose: bool | None) -> None:
+    """The CLI's console: the ``cfgdiff`` logger to stderr, INFO by default, WARNING with --quiet, DEBUG with
+    --verbose. Library code only logs; a notebook user configures the same logger as they like."""
+    log = logging.getLogger("cfgdiff")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if verbose is False else logging.INFO)
+    log.propagate = False  # Ray puts a handler on the root logger: without this, errors would print twice
+
+
+def renamed(old: str, new_param: str, **kwargs):
+    """``old`` as a hidden spelling of the option whose parameter is ``new_param`` (kept for one release of
+    the unified flag vocabulary); given, its value replaces the new option's."""
+
+    def store(ctx: click.Context, param, value):
+        if value is not None and value != ():
+            ctx.meta.setdefault("cfgdiff_renamed", {})[new_param] = value
+        return value
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kw):
+            kw.update(click.get_current_context().meta.get("cfgdiff_renamed", {}))
+            return f(*args, **kw)
+
+        return click.option(old, "_renamed_" + new_param, hidden=True, expose_value=False, callback=store,
+                            default=None, **kwargs)(wrapper)
+
+    return deco
+
+
+def resume_option(what: str):
+    """``--resume [NAME]``: bare, it continues ``--name``; with a value, that run or search."""
+    return click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[NAME]",
+                        help=f"Continue the interrupted {what} called --name (or NAME).")
 
 
 def ray_options(f):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -11,7 +12,7 @@ from cfgdiff.checkpoint import load_checkpoint
 from cfgdiff.config import SamplerConfig
 from cfgdiff.errors import InputError
 
-from .common import Progress, fmt_metrics, ray_options
+from .common import Progress, fmt_metrics, ray_options, renamed
 
 
 def parse_resample(value: str | None) -> tuple[int, int] | None:
@@ -35,9 +36,16 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--split", type=click.Choice(["train", "val", "all"]), default=None,
               help="Split of a dataset directory to reconstruct [default: val]; array inputs are reconstructed whole.")
 @ray_options
-@click.option("--actors", type=int, default=1, show_default=True, help="Parallel inference actors.")
-@click.option("--gpus-per-actor", type=float, default=0.0, show_default=True)
-@click.option("--threads-per-actor", type=int, default=1, show_default=True)
+@click.option("--workers", "actors", type=int, default=1, show_default=True, help="Parallel inference actors.")
+@renamed("--actors", "actors", type=int)
+@click.option("--gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--gpus-per-worker", "gpus_per_actor", type=float, default=0.0, show_default=True,
+              help="A fraction packs several workers on one GPU (0.5: two per GPU).")
+@renamed("--gpus-per-actor", "gpus_per_actor", type=float)
+@click.option("--threads-per-worker", "threads_per_actor", type=int, default=1, show_default=True,
+              help="torch threads per worker.")
+@renamed("--threads-per-actor", "threads_per_actor", type=int)
+@click.option("--limit", type=int, default=None, help="Reconstruct only the first N rows.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Rows per actor batch.")
 @click.option("--model-batch", type=int, default=8, show_default=True,
               help="Rows per network call; fixed so CPU output is bit-identical for any batch size (0 = whole batch).")
@@ -46,16 +54,17 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
 @click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")
 @click.option("--resample", default=None, metavar="J,R", help="RePaint jump length and resamplings.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="Network precision: bf16 autocast on GPUs or CPUs with AVX512-BF16/AMX (default: checkpoint's, fp32).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
+              help="Network precision: bf16 autocast; auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp32 "
+                   "elsewhere (default: the checkpoint's sampler.precision).")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="K samples per row (mean and std maps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--from-tune", type=click.Path(), help="Use best.json of a `cfgdiff tune` directory (checkpoint, w).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.pass_context
-def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, dashboard, actors, gpus_per_actor,
-              threads_per_actor, batch_size, model_batch, method, steps, eta, w, resample, precision, num_samples, seed,
-              from_tune, overwrite):
+def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, dashboard, actors, gpu,
+              gpus_per_actor, threads_per_actor, limit, batch_size, model_batch, method, steps, eta, w, resample,
+              precision, num_samples, seed, from_tune, overwrite):
     """Reconstruct a batch of observations in parallel on Ray actors (CHECKPOINT or --from-tune)."""
     from cluster.infer import InferJob, run_inference
     from cluster.runtime import start_ray, stop_ray
@@ -81,7 +90,8 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
     if sampler.steps > ck.config.schedule.num_timesteps:
         raise InputError(f"--steps {sampler.steps} exceeds the schedule's T={ck.config.schedule.num_timesteps}")
     job = InferJob(checkpoint=checkpoint, input=input_, out=out, mask=mask, degrade=degrade, split=split,
-                   actors=actors, gpus_per_actor=gpus_per_actor, threads_per_actor=threads_per_actor,
+                   actors=actors, gpus_per_actor=gpus_per_actor or (1.0 if gpu else 0.0),
+                   threads_per_actor=threads_per_actor, limit=limit,
                    batch_size=batch_size, model_batch=model_batch, sampler=sampler, num_samples=num_samples,
                    seed=seed, overwrite=overwrite)
     info = start_ray(ray_address, num_cpus, dashboard=dashboard,
@@ -89,6 +99,10 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
     bar = Progress("reconstruct", ctx.obj.get("verbose") is not False)
     try:
         r = run_inference(job, progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"interrupted; nothing was written to {out} (run the same command again)", err=True)
+        sys.exit(130)
     finally:
         bar.close()
         stop_ray(info)

@@ -11,6 +11,7 @@ from cfgdiff import __version__
 from cfgdiff.errors import InputError
 
 from . import data_cmds, eval_cmd, infer_cmd, model_cmds, run_cmd, train_cmd, tune_cmd
+from .common import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -31,6 +32,7 @@ def cli(ctx: click.Context, verbose: bool | None, debug: bool) -> None:
       cfgdiff infer runs/cfgdiff-run/export --input data/ds --out out/recon.npy
     """
     ctx.obj = {"verbose": verbose, "debug": debug}
+    setup_logging(verbose)
 
 
 for mod in (data_cmds, model_cmds, train_cmd, infer_cmd, tune_cmd, eval_cmd, run_cmd):

@@ -12,7 +12,7 @@ from cfgdiff.config import ExperimentConfig, resume_conflicts
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import fmt_metrics, ray_options
+from .common import fmt_metrics, ray_options, renamed
 
 
 def load_base_config(config_file: str | None) -> ExperimentConfig:
@@ -33,20 +33,22 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers (DDP).")
 @click.option("--gpu", is_flag=True, help="One GPU per worker (NCCL); CPU workers use gloo.")
 @ray_options
-@click.option("--storage", default="runs", show_default=True,
-              help="Run storage: local path, NFS mount, or s3:// / gs:// URI (shared storage for multi-node).")
-@click.option("--name", default="cfgdiff-run", show_default=True, help="Run name (a directory under --storage).")
+@click.option("--out", "storage", default="runs", show_default=True,
+              help="Where runs go: a local path, an NFS mount, or an s3:// / gs:// URI (shared storage for multi-node).")
+@renamed("--storage", "storage")
+@click.option("--name", default="cfgdiff-run", show_default=True, help="Run name (a directory under --out).")
 @click.option("--config", "config_file", type=click.Path(), help="Experiment config JSON (strict keys).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override, e.g. --set model.dim=64 (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Train for N passes over the data (overrides train.max_steps).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (train.max_steps).")
-@click.option("--resume", default=None, metavar="RUN",
-              help="Continue run RUN (under --storage) from its last checkpoint, exactly (same data order and noise). "
-                   "--steps and --set train.ema_decay/log_every/checkpoint_every/keep_checkpoints/val_*/precision/"
+@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[NAME]",
+              help="Continue the run called --name (or NAME) from its last checkpoint, exactly (same data order and "
+                   "noise). --steps and --set train.ema_decay/log_every/checkpoint_every/keep_checkpoints/val_*/precision/"
                    "compile/max_nonfinite and sampler.* apply from the resumed step; any other changed setting "
                    "is refused (exit 2).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="bf16 autocast (GPU, or CPU with AVX512-BF16/AMX).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
+              help="bf16 autocast, or auto: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp32 elsewhere "
+                   "(emulated bf16 on an AVX2-only CPU trained 11x slower than fp32).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
 @click.option("--threads-per-worker", type=int, default=1, show_default=True, help="torch threads per worker.")
@@ -59,7 +61,8 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
 
     Without --ray-address an embedded local Ray starts in-process. Checkpoints are reported every
     train.checkpoint_every steps and at every epoch end; the final EMA model is exported to
-    STORAGE/NAME/export, the best-by-validation model to STORAGE/NAME/best.
+    OUT/NAME/export, the best-by-validation model to OUT/NAME/best; progress is drawn here, and the
+    workers' own log lines go to OUT/NAME/train.log.
     """
     from cluster.runtime import start_ray, stop_ray
     from cluster.train import TrainJob, config_for_data, latest_checkpoint, load_run_config, run_paths, run_training
@@ -71,15 +74,15 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
     extra += [f"train.max_steps={steps}"] if steps is not None else []
     extra += [f"train.precision={precision}"] if precision else []
     extra += ["train.compile=true"] if compile_ else []
-    if resume:
-        name = resume
+    if resume is not None:
+        name = resume or name
         base = load_run_config(storage, name)
     else:
         base = load_base_config(config_file)
         if (Path(storage) / name / "config.json").exists():
             raise InputError(f"--name {name}: a run already exists under {storage}; use --resume {name} or a new --name")
     cfg = config_for_data(meta, base, extra)
-    if resume and (conflicts := resume_conflicts(base, cfg)):
+    if resume is not None and (conflicts := resume_conflicts(base, cfg)):
         raise InputError(f"--resume {name}: cannot change {conflicts[0]} (start a new --name instead)")
     info = start_ray(ray_address, num_cpus, dashboard=dashboard,
                      quiet=click.get_current_context().obj.get("verbose") is not True)
@@ -99,7 +102,7 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
                 click.echo("interrupted before the first checkpoint; nothing was kept", err=True)
             else:
                 click.echo(f"interrupted at step {int(latest.name.split('_')[1])} (the last checkpoint); continue with "
-                           f"`cfgdiff train --data {data} --storage {storage} --resume {name} --steps "
+                           f"`cfgdiff train --data {data} --out {storage} --resume {name} --steps "
                            f"{cfg.train.max_steps}`", err=True)
             sys.exit(130)
     finally:

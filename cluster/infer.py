@@ -37,11 +37,11 @@ from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
 from cfgdiff.config import SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
 from cfgdiff.data import META, DatasetMeta, as_numpy_batch, iter_parquet_batches, read_split
+from cfgdiff.degrade import row_kinds
 from cfgdiff.errors import InputError
 from cfgdiff.metrics import coverage, known_error, mae_missing, psnr, ssim, std_error_correlation
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.validate import check_observations
-from cfgdiff.viz import image_grid, write_png
 
 
 @dataclass
@@ -64,6 +64,7 @@ class InferJob:
     seed: int = 0  # base seed
     overwrite: bool = False  # replace existing outputs
     grid_rows: int = 8  # rows in the PNG grid
+    limit: int | None = None  # reconstruct only the first N rows (by row index)
     fail_once_marker: str | None = None  # test hook: first actor call dies once
 
 
@@ -132,7 +133,9 @@ def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
     if t and t[0] != mc.in_channels:
         raise InputError(f"--input {job.input}: targets have {t[0]} channels, the checkpoint {mc.in_channels}")
     if job.actors < 1 or job.batch_size < 1 or job.num_samples < 1:
-        raise InputError("--actors, --batch-size and --num-samples must be >= 1")
+        raise InputError("--workers, --batch-size and --num-samples must be >= 1")
+    if job.limit is not None and job.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {job.limit}")
     if job.model_batch < 0:
         raise InputError(f"--model-batch must be >= 0 (0 = whole batch), got {job.model_batch}")
 
@@ -231,6 +234,12 @@ def _check_resources(job: InferJob) -> None:
                              f"cluster has {have.get(name, 0):g}")
 
 
+def _rows_in(batch: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of a raw batch whose index is in the sorted ``index`` (``--limit``)."""
+    keep = np.isin(batch["index"], index)
+    return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
+
+
 def _deal(actors: list, batches, *extra) -> Iterator[dict[str, np.ndarray]]:
     """Results of ``actor.__call__(batch, *extra)`` for every batch, in completion order, one call in flight
     per actor (the next batch is read only when an actor is free, so memory stays bounded)."""
@@ -266,6 +275,8 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
     check_rows(job, dirs, ckpt)
     index = np.sort(np.concatenate([pq.read_table(f, columns=["index"]).column("index").to_numpy()
                                     for d in dirs for f in sorted(d.glob("*.parquet"))]))
+    if job.limit is not None:
+        index = index[:job.limit]
     N = len(index)
     C, (H, W), K = ckpt.config.model.in_channels, ckpt.config.model.image_size, job.num_samples
     _check_resources(job)
@@ -284,7 +295,10 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
     metric_counts: dict[str, int] = {}
     calls, t0, done, work_start, work_end = 0, time.time(), 0, np.inf, -np.inf
     try:
-        for b in _deal(actors, (b for d in dirs for b in iter_parquet_batches(d, job.batch_size)), [ref]):
+        batches = (b for d in dirs for b in iter_parquet_batches(d, job.batch_size))
+        if job.limit is not None:
+            batches = (k for b in batches if len(k := _rows_in(b, index)["index"]))
+        for b in _deal(actors, batches, [ref]):
             work_start, work_end = min(work_start, b["batch_t0"].min()), max(work_end, b["batch_t1"].max())
             pos = np.searchsorted(index, b["index"])
             rec[pos] = b["reconstruction"]
@@ -308,7 +322,8 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
         raise RuntimeError(f"exactly-once violated: {int((seen == 0).sum())} rows missing, "
                            f"{int((seen > 1).sum())} duplicated")
     metrics = {k: metric_sums[k] / max(metric_counts[k], 1) for k in metric_sums}
-    _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, ckpt.normalization.target.data_range())
+    degraded = (meta.doc["degrade"], meta.doc.get("seed", 0)) if meta.doc.get("mask_source") == "degrade" else None
+    _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, ckpt.normalization.target.data_range(), degraded)
     # steady state: from the first batch an actor started to the last it finished (actor start-up excluded)
     steady = N / max(float(work_end - work_start), 1e-9) if N else None
     return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "steady_images_per_s": steady,
@@ -316,7 +331,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
             "metrics": metrics, "outputs": [str(p) for p in _outputs(job) if p.exists()]}
 
 
-def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, data_range) -> None:
+def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, data_range, degraded) -> None:
     import json
 
     out = Path(job.out)
@@ -340,7 +355,7 @@ def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, data_range) ->
                     cols["samples"] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(smp[a:a + 1024]))
                 w.write_table(pa.table(cols))
         os.replace(part, out)
-    _grid(job, index, rec, std, dirs, _side(out, ".grid.png"))
+    _grid(job, index, rec, std, dirs, _side(out, ".grid.png"), degraded)
     doc = {"rows": len(index), "num_samples": job.num_samples, "sampler": job.sampler.__dict__, "metrics": metrics,
            "units": "psnr/ssim in your units against the data range stated here; mae_missing in normalised "
                     "target units; known_error in your units",
@@ -358,22 +373,26 @@ def _schema(rec, std, smp) -> pa.Schema:
     return pa.schema(f)
 
 
-def _grid(job, index, rec, std, dirs, path: Path) -> None:
-    """condition | mask | reconstruction | std | target (when known) for the first rows."""
-    raw = read_split(dirs[0], limit=job.grid_rows)
+def _grid(job, index, rec, std, dirs, path: Path, degraded: tuple[str, int] | None) -> None:
+    """observed | mask | reconstruction | std | target (when known) for the first rows, labelled."""
+    from .plots import panel_grid  # matplotlib loads only when a grid is drawn
+    raw = _rows_in(read_split(dirs[0], limit=job.grid_rows), index)
     n = len(raw["index"])
+    if n == 0:
+        return
     order = np.searchsorted(index, raw["index"])  # slots of these rows in the output
-    rows, masks = [], []
+    rows = []
     for i in range(n):
         j = order[i]
-        cond = np.nan_to_num(raw["condition"][i].astype(np.float32), nan=0.0)
+        cond = raw["condition"][i].astype(np.float32)
         mask = raw["mask"][i] if "mask" in raw else np.ones_like(cond[:1])
-        row = [cond, mask, rec[j], std[j] if std is not None else np.zeros_like(rec[j])]
+        observed = np.where(mask.astype(bool), cond, np.nan) if mask.any() else cond
+        row = [observed, mask, rec[j], std[j] if std is not None else None]
         if "target" in raw:
             row.append(raw["target"][i])
         rows.append(row)
-        masks.append([mask] + [None] * (len(row) - 1))
-    lo, hi = float(np.nanmin(rec[order])), float(np.nanmax(rec[order]))
-    ranges = [(lo, hi), (0, 1), (lo, hi), (0, max(float(std[order].max()), 1e-6) if std is not None else 1)]
-    ranges += [(lo, hi)] if "target" in raw else []
-    write_png(path, image_grid(rows, scale=4, ranges=ranges, masks=masks))
+    kinds = row_kinds(degraded[0], degraded[1], raw["index"]) if degraded else None
+    labels = [f"row {int(raw['index'][i])}" + (f"\n{kinds[i]}" if kinds else "") for i in range(n)]
+    columns = ["observed", "mask", "reconstruction", "std (K samples)"] + (["target"] if "target" in raw else [])
+    panel_grid(path, rows, columns, labels, ["value", "mask", "value", "std"] + (["value"] if "target" in raw else []),
+               title="grey = not observed" + ("" if std is not None else "; std needs --num-samples > 1"))

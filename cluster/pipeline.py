@@ -7,6 +7,8 @@ Ray Data actor inference -> scoring against mean-fill and the Bayes optimum -> P
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,12 +19,13 @@ import numpy as np
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
 from cfgdiff.data import DatasetMeta, read_split
+from cfgdiff.degrade import row_kinds
 from cfgdiff.demo import write_demo
 from cfgdiff.evaluate import kriging_raw, mean_fill_raw, mean_rows, score_rows
 from cfgdiff.metrics import exact_sample_coverage, ratio_of_means_ci
-from cfgdiff.viz import image_grid, write_png
 
 from .infer import InferJob, run_inference
+from .plots import panel_grid
 from .runtime import start_ray, stop_ray
 from .train import TrainJob, config_for_data, run_training
 from .tune import TuneJob, run_tune
@@ -37,8 +40,9 @@ class DemoPlan:
     # v-prediction: the eps-trained model of the same budget sampled 2-4x too wide (see ModelConfig.prediction)
     model: tuple[str, ...] = ("model.dim=32", "model.dim_mults=[1,2,2]", "model.num_res_blocks=1",
                               "model.cross_attn_max_res=8", 'model.prediction="v"')
-    # bf16 autocast, 2000 steps: make run takes ~11 min (1200 fp32 steps left the posterior mean at 1.57x Bayes)
-    train: tuple[str, ...] = ("train.max_steps=2000", 'train.precision="bf16"', "train.batch_size=32", "train.lr=1e-3",
+    # 2000 steps, bf16 where native ("auto"): make run took ~11 min on an AVX512-BF16 CPU (1200 fp32 steps left the
+    # posterior mean at 1.57x Bayes); an AVX2-only CPU runs fp32, as emulated bf16 there was 11x slower
+    train: tuple[str, ...] = ("train.max_steps=2000", 'train.precision="auto"', "train.batch_size=32", "train.lr=1e-3",
                               "train.warmup_steps=50", "train.ema_decay=0.995", "train.checkpoint_every=0",
                               "train.log_every=100", "train.val_samples=16", "train.val_steps=10")
     eval_ws: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)
@@ -67,7 +71,8 @@ def _stage(echo, title: str) -> float:
 
 
 def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = None, skip_tune: bool = False,
-             echo=print, quiet: bool = True, dashboard: bool = True) -> dict:
+             echo=None, quiet: bool = True, dashboard: bool = True) -> dict:
+    echo = echo or logging.getLogger("cfgdiff.demo").info
     out = Path(plan.out)
     if out.exists():
         shutil.rmtree(out)  # the demo directory is ours: a rerun starts clean
@@ -88,9 +93,11 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
     try:
         t = _stage(echo, "3/6 train (Ray Train TorchTrainer, 1 worker)")
         echo(f"Ray {'embedded local' if info.embedded else info.address}: {info.num_cpus:g} logical CPUs")
-        echo(f"monitor: tensorboard --logdir {out / 'runs' / 'demo' / 'tensorboard'}")
-        tr = run_training(TrainJob(data_dir=str(out / "data"), config=cfg, run_name="demo", storage=str(out / "runs"),
+        echo(f"monitor training and the tune trials together: tensorboard --logdir {out}")
+        tr = run_training(TrainJob(data_dir=str(out / "data"), config=cfg, run_name="train", storage=str(out),
                                    workers=1, threads_per_worker=plan.threads, eval_ws=plan.eval_ws))
+        os.replace(tr["export_dir"], out / "export")  # the model a user takes away: runs/demo/export
+        tr["export_dir"] = str(out / "export")
         m = tr["metrics"]
         best_w = float(m.get("best_w", 1.0))
         echo(f"{tr['step']} steps in {time.time() - t:.0f} s; val PSNR by w: " +
@@ -105,7 +112,9 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
                                   p_grid=plan.tune_p, w_grid=plan.eval_ws, epochs=plan.tune_epochs))
             tune_best = ts["best"]
             for r in ts["rows"]:
-                echo(f"  p={r['p']:.2f}: best w={r['best_w']}, PSNR {r['psnr']:.2f} dB after {r['steps']} steps")
+                shown = f"best w={r['best_w']}, PSNR {r['psnr']:.2f} dB after {r['steps']} steps" \
+                    if r["psnr"] is not None else "no results"
+                echo(f"  p={r['p']:.2f}: {shown} ({r['status']})")
             echo(f"best p={tune_best['p']:.2f}, w={tune_best['w']} ({time.time() - t:.0f} s); "
                  f"plot {out / 'tune' / 'metric_vs_w.png'}")
             best_w = float(tune_best["w"])  # the search over trials beats one run's 16-row validation
@@ -145,9 +154,11 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
     echo("  infer/recon.grid.png    condition | mask | reconstruction | std | target")
     if tune_best:
         echo("  tune/metric_vs_w.png    validation PSNR against w per trial; tune/best.json, tune/trials.csv")
-    echo("  runs/demo/export        the trained model (cfgdiff infer / cfgdiff.load)")
+    echo(f"  export/                 the trained model (cfgdiff infer {out / 'export'} / "
+         f"cfgdiff.load({str(out / 'export')!r}))")
+    echo("  train/                  the training run: checkpoints, best/, tensorboard/")
     echo("  report.json             all figures above")
-    echo(f"Look at training curves and sample grids: tensorboard --logdir {out / 'runs'}")
+    echo(f"Training curves, sample grids and the tune trials: tensorboard --logdir {out}")
     return report
 
 
@@ -174,9 +185,11 @@ def _score(out: Path, meta: DatasetMeta, demo: dict, num_samples: int) -> dict:
             r["posterior_mean_mse_ratio_ci95"] = list(ratio_of_means_ci(
                 per_row[name]["mse_posterior_mean"], per_row["kriging (Bayes optimum)"]["mse_missing"]))
     n = min(8, len(target))
-    lo, hi = float(target[:n].min()), float(target[:n].max())
-    panels = [[np.where(mask[i] > 0, cond[i], np.nan), mf[i], kr[i], recon[i],
-               std[i] if std is not None else np.zeros_like(recon[i]), target[i]] for i in range(n)]
-    smax = float(std[:n].max()) if std is not None else 1.0
-    write_png(out / "comparison.png", image_grid(panels, scale=4, ranges=[(lo, hi)] * 4 + [(0, smax), (lo, hi)]))
+    kinds = row_kinds(meta.doc["degrade"], meta.doc.get("seed", 0), raw["index"][:n])
+    panels = [[np.where(mask[i] > 0, cond[i], np.nan), mf[i], kr[i], recon[i], std[i] if std is not None else None,
+               target[i]] for i in range(n)]
+    panel_grid(out / "comparison.png", panels, ["observed", "mean-fill", "kriging (Bayes)", "cfgdiff mean",
+                                                "cfgdiff std", "target"],
+               [f"row {int(raw['index'][i])}\n{kinds[i]}" for i in range(n)],
+               ["value"] * 4 + ["std", "value"], title="validation fields: grey = not observed")
     return {"table": rows, "rows": int(len(target))}

@@ -1,54 +1,101 @@
-"""PNG line charts with labels (Pillow): the tune metric(w) curves."""
+"""Labelled PNG figures with matplotlib (Agg, no display): reconstruction panels and the tune metric(w) curves.
+
+Panels: one column per quantity with its header, one row per field with its label (the mask kind), a
+shared colour scale for every column in the data's units, a separate one for the std, and missing
+observations drawn in grey. Files are written atomically (a temporary name, then a rename).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+import matplotlib
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+matplotlib.use("Agg")  # before pyplot: no display on servers and in Ray workers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MISSING_GREY = (0.55, 0.55, 0.55)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def panel_grid(path: str | os.PathLike, rows: list[list[np.ndarray | None]], columns: list[str],
+               row_labels: list[str], kinds: list[str], title: str = "", value_range: tuple | None = None) -> Path:
+    """``panel_figure`` written to ``path`` (PNG)."""
+    return _save(panel_figure(rows, columns, row_labels, kinds, title, value_range), path)
+
+
+def panel_figure(rows: list[list[np.ndarray | None]], columns: list[str], row_labels: list[str], kinds: list[str],
+                 title: str = "", value_range: tuple | None = None):
+    """``rows[r][j]`` is a (C, H, W) or (H, W) array (first channel shown; NaN = not observed, drawn grey)
+    or None (an empty cell). ``kinds[j]`` is "value" (shared scale, ``value_range`` or the range of every
+    value cell), "std" (its own scale from 0) or "mask" (0/1 in grey levels)."""
+    first = lambda a: np.asarray(a, dtype=np.float64).reshape(-1, *np.shape(a)[-2:])[0]
+    cells = [[None if a is None else first(a) for a in row] for row in rows]
+    vals = [c for row in cells for c, k in zip(row, kinds) if c is not None and k == "value"]
+    stds = [c for row in cells for c, k in zip(row, kinds) if c is not None and k == "std"]
+    finite = lambda arrs: np.concatenate([a[np.isfinite(a)] for a in arrs]) if arrs else np.zeros(1)
+    lo, hi = value_range or (float(finite(vals).min()), float(finite(vals).max()))
+    smax = max(float(finite(stds).max()), 1e-12)
+    n_r, n_c = len(cells), len(columns)
+    fig, axes = plt.subplots(n_r, n_c, figsize=(1.55 * n_c + 1.6, 1.55 * n_r + 0.6), squeeze=False)
+    value_map = plt.get_cmap("viridis").with_extremes(bad=MISSING_GREY)
+    std_map = plt.get_cmap("magma").copy()
+    ims = {}
+    for r, row in enumerate(cells):
+        for j, c in enumerate(row):
+            ax = axes[r][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c is None:
+                ax.axis("off")
+                continue
+            if kinds[j] == "value":
+                ims["value"] = ax.imshow(np.ma.masked_invalid(c), cmap=value_map, vmin=lo, vmax=hi)
+            elif kinds[j] == "std":
+                ims["std"] = ax.imshow(c, cmap=std_map, vmin=0.0, vmax=smax)
+            else:
+                ax.imshow(c, cmap="gray", vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(columns[j], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+    height = fig.get_figheight()
+    fig.subplots_adjust(wspace=0.05, hspace=0.08, left=0.1, right=0.78, top=1 - 0.5 / height, bottom=0.15 / height)
+    for x, kind, label in ((0.81, "value", "value (data units)"), (0.91, "std", "std (data units)")):
+        if kind in ims:
+            cax = fig.add_axes((x, 0.3, 0.018, 0.4))
+            fig.colorbar(ims[kind], cax=cax).set_label(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / height)
+    return fig
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike, x_label: str = "x",
-               y_label: str = "y", title: str = "", size: tuple[int, int] = (760, 480)) -> Path:
-    """One line per series with markers, axes with tick labels, and a legend; written atomically."""
-    W, H = size
-    left, right, top, bottom = 70, 210, 40, 55
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    pts = [p for s in series.values() for p in s if p[1] is not None]
-    xs, ys = [p[0] for p in pts] or [0, 1], [p[1] for p in pts] or [0, 1]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys)
-    pad = (y1 - y0) * 0.08 or 1.0
-    y0, y1 = y0 - pad, y1 + pad
-    X = lambda v: left + (v - x0) / (x1 - x0) * (W - left - right)
-    Y = lambda v: H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom)
-    d.rectangle([left, top, W - right, H - bottom], outline="black")
-    for i in range(6):
-        yv = y0 + i * (y1 - y0) / 5
-        d.line([left - 4, Y(yv), left, Y(yv)], fill="black")
-        d.text((5, Y(yv) - 6), f"{yv:.3g}", fill="black")
-        xv = x0 + i * (x1 - x0) / 5
-        d.line([X(xv), H - bottom, X(xv), H - bottom + 4], fill="black")
-        d.text((X(xv) - 10, H - bottom + 8), f"{xv:.3g}", fill="black")
-    d.text((left + (W - left - right) // 2 - 40, H - 22), x_label, fill="black")
-    d.text((5, 24), y_label, fill="black")
-    d.text((left, 6), title, fill="black")
-    for i, (name, s) in enumerate(series.items()):
-        col = PALETTE[i % len(PALETTE)]
-        s = sorted((p for p in s if p[1] is not None), key=lambda p: p[0])
-        if len(s) > 1:
-            d.line([(X(a), Y(b)) for a, b in s], fill=col, width=2)
-        for a, b in s:
-            d.ellipse([X(a) - 3, Y(b) - 3, X(a) + 3, Y(b) + 3], fill=col)
-        ly = top + 10 + 16 * i
-        d.line([W - right + 12, ly + 6, W - right + 32, ly + 6], fill=col, width=3)
-        d.text((W - right + 38, ly), name[:26], fill="black")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
-    return path
+               y_label: str = "y", title: str = "", x_ticks: list[float] | None = None) -> Path:
+    """One line with markers per series, ticks at ``x_ticks`` (the evaluated values), and a legend."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for name, pts in series.items():
+        pts = sorted((p for p in pts if p[1] is not None), key=lambda p: p[0])
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    if x_ticks:
+        ax.set_xticks(sorted(set(x_ticks)))
+        ax.set_xticklabels([f"{v:g}" for v in sorted(set(x_ticks))])
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if series:
+        ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ _ENV_DEFAULTS = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's new console engine printed its banner and paths even at verbose=0
 }
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
@@ -103,6 +105,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         _restore({"RAY_GCS_SERVER_PORT": saved_env["RAY_GCS_SERVER_PORT"]})
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     quiet_ray_logs()
+    if quiet:
+        _quiet_ray_processes()
     r = ray.cluster_resources()
     return RayInfo(ray.get_runtime_context().gcs_address, embedded, r.get("CPU", 0), r.get("GPU", 0))
 
@@ -162,6 +166,36 @@ def quiet_ray_logs() -> None:
         from ray.train.v2._internal.execution import context as _train_ctx
 
         logging.getLogger(_train_ctx.__file__).setLevel(logging.WARNING)
+
+
+# what still reaches the console from Ray's own processes (raylet, GCS, autoscaler): crashes, not chatter
+_SEVERE = re.compile(r"FATAL|Check failed|SIGSEGV|SIGABRT|SIGBUS|Aborted|out of memory|OOM", re.IGNORECASE)
+
+
+def _quiet_ray_processes() -> None:
+    """Route the lines of Ray's own processes away from this console unless they report a crash (#16.10).
+
+    Ray forwards raylet/GCS stderr to the driver: worker start-up warnings on a 2-core host, "Failed to
+    kill actor ... RpcError: Socket closed" at shutdown. They read as failures and stay in Ray's own log
+    files (``/tmp/ray/session_latest/logs``); ``--verbose`` shows them. Workers' and actors' own output
+    is forwarded as before."""
+    from ray._private import worker as ray_worker
+
+    dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
+    if dispatcher is None or not hasattr(ray_worker, "print_to_stdstream"):
+        return  # another Ray version: leave its console as it is
+    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+
+    def forward(data: dict) -> None:
+        if data.get("pid") in ("raylet", "gcs_server", "autoscaler"):
+            lines = [line for line in data.get("lines", []) if _SEVERE.search(line)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        ray_worker.print_to_stdstream(data, ignore_prefix)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", forward)
 
 
 def stop_ray(info: RayInfo | None = None) -> None:

@@ -6,15 +6,18 @@ shapes and channels against the model config, the batch split, and GPUs in the c
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import ray
 import ray.train
+import torch
 from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -23,11 +26,15 @@ from cfgdiff.checkpoint import load_checkpoint, load_training_state
 from cfgdiff.config import ExperimentConfig, apply_overrides
 from cfgdiff.data import DatasetMeta, decode_batch, read_split
 from cfgdiff.degrade import degrade, parse_spec
+from cfgdiff.engine import native_bf16
 from cfgdiff.errors import InputError
 
 from .data import parquet_dataset
+from .progress import TrainProgress
 from .runtime import cluster_gpus
 from .train_loop import train_loop_per_worker
+
+logger = logging.getLogger("cfgdiff.train")
 
 
 @dataclass
@@ -48,6 +55,7 @@ class TrainJob:
     report_epochs_only: bool = False  # report (and checkpoint) only at epoch ends (tune)
     fail_at_step: int | None = None  # test hook: the last worker dies once at this step
     fit_log: str | None = None  # test hook: file that counts from-scratch fits
+    progress: bool = True  # draw the run's progress on this driver (off inside Tune trials)
 
 
 def config_for_data(meta: DatasetMeta, base: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -111,6 +119,9 @@ def validate_job(job: TrainJob, meta: DatasetMeta) -> ExperimentConfig:
     if job.use_gpu and cluster_gpus() < job.workers:
         raise InputError(f"--gpu asks for {job.workers} GPU worker(s) but the Ray cluster has "
                          f"{cluster_gpus():g} GPU(s)")
+    if cfg.train.precision == "bf16" and not job.use_gpu and not native_bf16(torch.device("cpu")):
+        logger.warning("train.precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated there (a step "
+                       "ran 11x slower than fp32); use --precision auto or fp32")
     if job.epochs is not None:
         if job.epochs < 1:
             raise InputError(f"--epochs must be >= 1, got {job.epochs}")
@@ -143,7 +154,7 @@ def train_datasets(meta: DatasetMeta, workers: int) -> tuple[dict, list[str]]:
     return {"train": train, "val": val}, ["train", "val"]
 
 
-def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> TorchTrainer:
+def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta, board=None) -> TorchTrainer:
     paths = run_paths(job)
     local = "://" not in job.storage
     if local:
@@ -154,7 +165,8 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta) -> To
           "eval_ws": list(job.eval_ws) if job.eval_ws else None, "report_epochs_only": job.report_epochs_only,
           "meta": {"dataset": str(meta.root), "run": paths["run"]}, "data_name": f"--data {meta.root}",
           "fail_at_step": job.fail_at_step, "fail_marker": paths["run"] + "/.fault_injected",
-          "fit_log": job.fit_log, "workers_dir": paths["run"] + "/workers" if local else None}
+          "fit_log": job.fit_log, "workers_dir": paths["run"] + "/workers" if local else None, "progress": board,
+          "log_file": paths["run"] + "/train.log" if local else None}
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.use_gpu else {})}
     datasets, split = train_datasets(meta, job.workers)
     lc["per_rank_train"] = "train" not in datasets
@@ -195,13 +207,14 @@ def user_error(e: BaseException) -> str | None:
     return None
 
 
-def fit_interruptibly(trainer: TorchTrainer):
+def fit_interruptibly(trainer: TorchTrainer, poll=None):
     """``trainer.fit()``, with Ctrl-C raising ``KeyboardInterrupt`` here.
 
     In the main thread Ray Train installs its own SIGINT handler, which aborts the run and then calls
     ``sys.exit`` inside the handler (the process ended with status 1 and no message). Run from another
     thread, fit() leaves SIGINT alone, so the caller can say where the run stopped and exit 130; the
-    checkpoints already written stay as they are, and the run's actors end with the driver."""
+    checkpoints already written stay as they are, and the run's actors end with the driver. ``poll`` is
+    called about once a second while the run goes on (the driver's progress display)."""
     if threading.current_thread() is not threading.main_thread():
         return trainer.fit()  # a Tune trial: Tune handles signals
     box: dict = {}
@@ -214,8 +227,12 @@ def fit_interruptibly(trainer: TorchTrainer):
 
     t = threading.Thread(target=target, name="cfgdiff-fit", daemon=True)
     t.start()
+    last = time.monotonic()
     while t.is_alive():
         t.join(0.2)
+        if poll is not None and time.monotonic() - last >= 1.0:
+            poll()
+            last = time.monotonic()
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -243,17 +260,21 @@ def run_training(job: TrainJob) -> dict:
     if resuming and (latest := latest_checkpoint(run)) is not None:
         load_checkpoint(latest).build_model()
         load_training_state(latest)
+    progress = TrainProgress(cfg.train.max_steps) if job.progress else None
     try:
-        trainer = build_trainer(job, cfg, meta)
+        trainer = build_trainer(job, cfg, meta, board=progress.board if progress else None)
         if local and not resuming:
             (run / "config.json").write_text(cfg.to_json())
-        result = fit_interruptibly(trainer)
+        result = fit_interruptibly(trainer, poll=progress.poll if progress else None)
     except BaseException as e:
         if local and not resuming and latest_checkpoint(run) is None:
             shutil.rmtree(run, ignore_errors=True)  # nothing to resume: leave nothing behind
         if isinstance(e, ray.train.TrainingFailedError) and (cause := user_error(e)) is not None:
             raise InputError(cause) from None
         raise
+    finally:
+        if progress is not None:
+            progress.close()
     if local and resuming:
         (run / "config.json").write_text(cfg.to_json())
     summary = dict(result.return_value or {})

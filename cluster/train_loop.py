@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +43,27 @@ from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.unet import ConditionalUNet
 
 from .data import iter_block_batches
+from .progress import BoardClient
 from .runtime import quiet_ray_logs
 from .tb import TBWriter
+
+logger = logging.getLogger("cfgdiff.train")
+
+
+def _worker_logging(log_file: str | None) -> None:
+    """In a worker, cfgdiff's INFO lines (steps, validation, step-time split) go to the run's own ``train.log``
+    (rank 0, local storage); only warnings reach the console, where the driver draws progress."""
+    log = logging.getLogger("cfgdiff")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    handlers: list[logging.Handler] = [console]
+    if log_file:
+        f = logging.FileHandler(log_file)
+        f.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(f)
+    log.handlers[:] = handlers
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -95,6 +116,7 @@ def train_loop_per_worker(lc: dict) -> dict:
     norm = Normalization.from_dict(lc["normalization"])
     ctx = ray.train.get_context()  # --- Ray: who am I
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _worker_logging(lc.get("log_file") if rank == 0 else None)
     device = ray.train.torch.get_device()
     torch.set_num_threads(lc.get("threads", 1))
     if lc.get("workers_dir"):  # where each rank ran: node, host, pid, device (placement checks, debugging)
@@ -143,6 +165,9 @@ def train_loop_per_worker(lc: dict) -> dict:
     t_start, img_seen, t_last, last_metrics, step0 = time.time(), 0, time.time(), {}, step
     max_steps = tc.max_steps
     reported = False
+    board = BoardClient(lc.get("progress") if rank == 0 else None)  # the driver's progress bar (cluster.progress)
+    board.send({"kind": "start", "step": step, "max_steps": max_steps})
+    loss_sum, loss_n = torch.zeros((), device=device), 0
 
     def report(metrics: dict, tag: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -178,6 +203,13 @@ def train_loop_per_worker(lc: dict) -> dict:
                                      f"consecutive steps (train.max_nonfinite={tc.max_nonfinite}); those steps did "
                                      "not change the weights. Check the data, or lower train.lr")
             img_seen += b["x0"].shape[0] * world
+            if board.board is not None:
+                loss_sum, loss_n = loss_sum + out["loss"].detach().float(), loss_n + 1
+                due = time.time() - board.last >= board.interval_s or step == max_steps
+                board.step(step, b["x0"].shape[0] * world, float(loss_sum) / loss_n if due else None, time.time(),
+                           force=step == max_steps)
+                if due:
+                    loss_sum, loss_n = torch.zeros((), device=device), 0
             if lc.get("fail_at_step") == step and rank == world - 1 and not os.path.exists(lc["fail_marker"]):
                 Path(lc["fail_marker"]).write_text(str(step))
                 os._exit(1)  # fault injection for tests: this worker dies once
@@ -190,8 +222,8 @@ def train_loop_per_worker(lc: dict) -> dict:
                                 "grad_norm": float(out["grad_norm"]), "images_per_s": ips}
                 if rank == 0:
                     eta = (max_steps - step) * (now - t_start) / max(step - step0, 1)
-                    print(f"[cfgdiff] step {step}/{max_steps}  loss {loss:.4f}  {ips:.1f} img/s  "
-                          f"lr {last_metrics['lr']:.2e}  ETA {eta / 60:.1f} min", flush=True)
+                    logger.info("step %d/%d  loss %.4f  %.1f img/s  lr %.2e  ETA %.1f min (average rate)", step,
+                                max_steps, loss, ips, last_metrics["lr"], eta / 60)
                     tb.scalars(last_metrics, step, "train/")
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < max_steps \
                     and not lc.get("report_epochs_only"):
@@ -202,6 +234,9 @@ def train_loop_per_worker(lc: dict) -> dict:
         epoch, epoch_step = epoch + 1, 0
         metrics = _validate(model, ema, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank,
                             device, tb, step, epoch)
+        if board.board is not None:  # rank 0, which holds the reconstruction metrics
+            board.send({"kind": "val", "epoch": epoch, "step": step, "w": cfg.sampler.w,
+                        **{k: metrics.get(k, float("nan")) for k in ("val_loss", "psnr", "ssim")}})
         score = metrics.get("psnr", -float("inf"))
         if score > best["score"]:
             best = {"score": score, "step": step}
@@ -215,18 +250,27 @@ def train_loop_per_worker(lc: dict) -> dict:
         report({"step": step, "epoch": epoch, **metrics}, f"step_{step:07d}_final")
     if rank == 0 and lc.get("export_dir"):
         _export(lc["export_dir"], saver, model, ema, opt, sched, step, epoch, best)
-    tb.hparams({"p_uncond": tc.p_uncond, "w": cfg.sampler.w, "lr": tc.lr, "batch_size": tc.batch_size,
-                "dim": cfg.model.dim}, {k: v for k, v in last_metrics.items() if k == "loss"})
+    tb.hparams(*_hparams(cfg, metrics, last_metrics))
     tb.close()
     if staging is not None:
         _upload(staging, lc["remote_run"])
     split = _step_split(timer, model, world, device, step - step0)
     if rank == 0 and split:
-        print("[cfgdiff] step-time split per step: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in split.items()),
-              flush=True)
+        logger.info("step-time split per step: %s", ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in split.items()))
     export = f"{lc['remote_run']}/export" if lc.get("remote_run") else lc.get("export_dir")
     return {"step": step, "epoch": epoch, "seconds": time.time() - t_start, "best": best,
             "export_dir": export, "final": last_metrics, "step_time_split_s": split}
+
+
+def _hparams(cfg: ExperimentConfig, val: dict, last: dict) -> tuple[dict, dict]:
+    """The hparams tab: the run's settings against its final validation scores, at the tuned w when the run
+    swept w (a Tune trial: best_*), else at the sampler's w; and the final training loss."""
+    tc = cfg.train
+    swept = "best_w" in val
+    w = val["best_w"] if swept else cfg.sampler.w
+    scores = {k: val.get(f"best_{k}" if swept else k) for k in ("psnr", "ssim", "mae_missing")}
+    return ({"p_uncond": tc.p_uncond, "w": w, "lr": tc.lr, "batch_size": tc.batch_size, "dim": cfg.model.dim},
+            {**{f"val_{k}": v for k, v in scores.items()}, "loss": last.get("loss")})
 
 
 def _upload(staging: str, remote: str) -> None:
@@ -304,6 +348,6 @@ def _validate(model, ema: EMA, cfg, schedule, norm, val_shard, vis, eval_ws, per
         metrics.update({"best_w": best_w, "best_psnr": curve[best_w]["psnr"], "best_ssim": curve[best_w]["ssim"],
                         "best_mae_missing": curve[best_w]["mae_missing"]})
     tb.scalars(metrics, step, "val/")
-    print(f"[cfgdiff] epoch {epoch} step {step}  val_loss {metrics['val_loss']:.4f}  "
-          f"psnr {metrics['psnr']:.2f} dB  ssim {metrics['ssim']:.3f}  (w={cfg.sampler.w:g})", flush=True)
+    logger.info("epoch %d step %d  val_loss %.4f  psnr %.2f dB  ssim %.3f  (w=%g)", epoch, step, metrics["val_loss"],
+                metrics["psnr"], metrics["ssim"], cfg.sampler.w)
     return metrics

@@ -10,8 +10,8 @@ ASHA stops weak trials after their first epochs.
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,17 +19,20 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from cfgdiff.config import ExperimentConfig
 from cfgdiff.errors import InputError
+from cfgdiff.progress import Progress
 
 from .plots import line_chart
 from .runtime import quiet_ray_logs
 from .train import TrainJob, run_training
 
+logger = logging.getLogger("cfgdiff.tune")
 METRICS = {"psnr": "max", "ssim": "max", "mae_missing": "min"}
 
 
@@ -46,12 +49,14 @@ class TuneJob:
     metric: str = "psnr"  # psnr, ssim or mae_missing
     epochs: int = 2  # epochs per trial (ASHA max_t)
     workers_per_trial: int = 1  # Train workers per trial
+    threads_per_worker: int = 1  # torch threads per Train worker
     use_gpu: bool = False  # one GPU per worker
     max_concurrent: int = 1  # trials at once
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     resume: bool = False  # continue an interrupted search in out_dir/name
     seed: int = 0  # search seed
     stopper: object | None = None  # optional ray.tune.Stopper (e.g. a time budget; tests interrupt with it)
+    fail_p: float | None = None  # test hook: the trial with this p fails before it reports anything
 
 
 def validate_tune(job: TuneJob) -> None:
@@ -69,12 +74,14 @@ def validate_tune(job: TuneJob) -> None:
     if job.p_grid is None and not job.p_range[0] < job.p_range[1]:
         raise InputError(f"--p-range must be LO,HI with LO < HI, got {job.p_range}")
     if job.num_samples < 1 or job.epochs < 1 or job.max_concurrent < 1 or job.workers_per_trial < 1:
-        raise InputError("--num-samples, --epochs, --max-concurrent and --workers-per-trial must be >= 1")
+        raise InputError("--trials, --epochs, --max-concurrent and --workers must be >= 1")
 
 
 def _trainable(config: dict) -> None:
     """One trial: train once with this p, scoring every w at each epoch (runs in the trial actor)."""
     quiet_ray_logs()
+    if config.get("fail_p") is not None and float(config["p"]) == config["fail_p"]:
+        raise RuntimeError(f"injected failure for p={config['p']} (TuneJob.fail_p)")
     base = ExperimentConfig.from_dict(config["base"])
     cfg = replace(base, train=replace(base.train, p_uncond=float(config["p"])))
     trial = tune.get_context().get_trial_name()
@@ -82,8 +89,9 @@ def _trainable(config: dict) -> None:
     Path(storage, trial).mkdir(parents=True, exist_ok=True)
     job = TrainJob(data_dir=config["data_dir"], config=cfg, run_name=trial, storage=storage,
                    workers=config["workers"], use_gpu=config["use_gpu"], epochs=config["epochs"],
+                   threads_per_worker=config.get("threads", 1),
                    eval_ws=tuple(config["w_grid"]), callbacks=[TuneReportCallback()], report_epochs_only=True,
-                   fit_log=os.path.join(storage, trial, "fits.log"))
+                   fit_log=os.path.join(storage, trial, "fits.log"), progress=False)
     run_training(job)
 
 
@@ -100,8 +108,11 @@ def run_tune(job: TuneJob) -> dict:
     p_space = tune.grid_search(list(job.p_grid)) if job.p_grid is not None else tune.uniform(*job.p_range)
     param_space = {"p": p_space, "base": job.config.to_dict(), "data_dir": str(Path(job.data_dir).absolute()),
                    "train_storage": str(out / "trials"), "workers": job.workers_per_trial, "use_gpu": job.use_gpu,
-                   "epochs": job.epochs, "w_grid": list(job.w_grid)}
+                   "threads": job.threads_per_worker,
+                   "epochs": job.epochs, "w_grid": list(job.w_grid), "fail_p": job.fail_p}
     resources = tune.with_resources(_trainable, {"CPU": 0.01})  # the trial only drives its TorchTrainer
+    total = len(job.p_grid) if job.p_grid is not None else job.num_samples
+    progress = TuneProgress(total, job.metric, job.epochs)
     if job.resume:
         tuner = tune.Tuner.restore(str(exp_path), trainable=resources, resume_unfinished=True, resume_errored=True,
                                    param_space=param_space)
@@ -114,7 +125,8 @@ def run_tune(job: TuneJob) -> dict:
                                         max_concurrent_trials=job.max_concurrent,
                                         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=job.epochs,
                                                                 grace_period=job.grace_period, reduction_factor=2)),
-            run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0, stop=job.stopper))
+            run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0, stop=job.stopper,
+                                      callbacks=[progress]))
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupt_marker) if main else None
     try:
@@ -124,6 +136,7 @@ def run_tune(job: TuneJob) -> dict:
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave nothing behind
         raise
     finally:
+        progress.close()
         # Tune's own SIGINT handler saves the search and ends fit() early; it puts back the handler it found
         # (ours) only when a signal came, and otherwise stays installed
         interrupted = main and signal.getsignal(signal.SIGINT) is _interrupt_marker
@@ -132,6 +145,44 @@ def run_tune(job: TuneJob) -> dict:
     if interrupted:
         raise SearchInterrupted(f"{results.num_terminated} of {len(results)} trials finished")
     return summarize(results, job, out, target, mode)
+
+
+class TuneProgress(tune.Callback):
+    """Trials done out of the total on the driver (a bar on a terminal, lines otherwise), with one line per
+    trial epoch (its best w and metric) and per finished trial (its status)."""
+
+    def __init__(self, total: int, metric: str, epochs: int):
+        self.progress = Progress("tune", total, unit="trial")
+        self.total, self.metric, self.epochs, self.done = total, metric, epochs, 0
+
+    def __getstate__(self) -> dict:  # Tune saves its callbacks with the search; the bar itself stays here
+        return {"total": self.total, "metric": self.metric, "epochs": self.epochs}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(f"best_{self.metric}")
+        shown = f"{self.metric} {value:.4g} at best w={result.get('best_w')}" if value is not None else "no metric"
+        self.progress.note(f"trial {trial.trial_id} p={trial.config['p']:.3f} epoch {result.get('training_iteration')}"
+                           f"/{self.epochs}: {shown}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finished(trial, "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finished(trial, "errored")
+
+    def _finished(self, trial, how: str) -> None:
+        self.done += 1
+        reported = (trial.last_result or {}).get("training_iteration")
+        if how == "completed" and reported is not None and reported < self.epochs:
+            how = f"stopped by ASHA after {reported} epoch(s)"
+        self.progress.note(f"trial {trial.trial_id} p={trial.config['p']:.3f} {how}")
+        self.progress.update(self.done)
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def _interrupt_marker(signum, frame):
@@ -143,35 +194,48 @@ class SearchInterrupted(KeyboardInterrupt):
     """A search stopped by Ctrl-C; its state is saved and ``--resume`` continues it."""
 
 
+def trial_status(result, epochs: int) -> str:
+    """completed, stopped by ASHA (fewer epochs than asked), errored, or no results."""
+    if result.error is not None:
+        return "errored"
+    done = (result.metrics or {}).get("training_iteration")
+    if done is None:
+        return "no results"
+    return "completed" if done >= epochs else f"stopped by ASHA after {done} epoch(s)"
+
+
 def summarize(results, job: TuneJob, out: Path, target: str, mode: str) -> dict:
-    """Write the trial table (CSV), best.json and the metric(w) plot; return the summary."""
+    """The trial table (``ResultGrid.get_dataframe()``: every trial's last report, plus its status), best.json
+    and the metric(w) plot. Every trial appears; one without results is listed, and warned about."""
+    df = results.get_dataframe()
+    last = {row["logdir"]: row for row in df.to_dict("records")} if "logdir" in df else {}
     rows, curves = [], {}
     for r in results:
-        m = r.metrics or {}
-        if target not in m:
-            continue
         trial = Path(r.path).name
+        m = {**(r.metrics or {}), **{k: v for k, v in last.get(r.path, {}).items() if v == v}}  # NaN: not reported
+        status = trial_status(r, job.epochs)
+        if status in ("errored", "no results"):
+            why = str(r.error).strip().splitlines()[-1] if r.error is not None else "it reported no epoch"
+            logger.warning("trial %s (p=%.3f) %s: %s; see %s", trial, r.config["p"], status, why, r.path)
         curve = [(w, m.get(f"{job.metric}_w{w:g}")) for w in job.w_grid]
-        curves[f"trial {str(m.get('trial_id', trial))[-5:]} p={r.config['p']:.3f}"] = [(w, v) for w, v in curve if v is not None]
+        if target in m:
+            curves[f"p={r.config['p']:.3f} ({status.split(' after')[0]})"] = [(w, v) for w, v in curve if v is not None]
         export = out / "trials" / _train_run(r) / "export"
-        rows.append({"trial": trial, "p": r.config["p"], "best_w": m.get("best_w"),
+        rows.append({"trial": trial, "status": status, "p": r.config["p"], "best_w": m.get("best_w"),
                      "psnr": m.get("best_psnr"), "ssim": m.get("best_ssim"), "mae_missing": m.get("best_mae_missing"),
                      "val_loss": m.get("val_loss"), "steps": m.get("step"), "epochs": m.get("training_iteration"),
                      "checkpoint": str(export) if export.is_dir() else m.get("checkpoint_path"),
                      **{f"{job.metric}_w{w:g}": v for w, v in curve}})
-    if not rows:
+    scored = [row for row in rows if row[job.metric] is not None]
+    if not scored:
         raise RuntimeError("no trial reported a validation metric; see the trial logs under " + str(out))
-    best = (max if mode == "max" else min)(rows, key=lambda r: r[{"psnr": "psnr", "ssim": "ssim",
-                                                                  "mae_missing": "mae_missing"}[job.metric]])
-    with open(out / "trials.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    best = (max if mode == "max" else min)(scored, key=lambda row: row[job.metric])
+    pd.DataFrame(rows).to_csv(out / "trials.csv", index=False)
     best_doc = {"p": best["p"], "w": best["best_w"], "metric": job.metric, "value": best[job.metric],
                 "checkpoint": best["checkpoint"], "trial": best["trial"]}
     (out / "best.json").write_text(json.dumps(best_doc, indent=2))
     line_chart(curves, out / "metric_vs_w.png", x_label="guidance weight w", y_label=job.metric,
-               title=f"validation {job.metric} against w, one line per trial (p)")
+               title=f"validation {job.metric} against w, one line per trial (p)", x_ticks=list(job.w_grid))
     return {"rows": rows, "best": best_doc, "dir": str(out)}
 
 

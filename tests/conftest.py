@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -39,3 +40,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_cfgdiff_logger():
+    """An in-process CLI call configures the ``cfgdiff`` logger for its console (``cli.common.setup_logging``);
+    put it back after each test, so that later tests' ``caplog`` still sees cfgdiff's records."""
+    log = logging.getLogger("cfgdiff")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved

@@ -23,7 +23,7 @@ def _sets(*extra):
 
 
 def test_cli_train_info_infer(ray_session, tiny_data, tmp_path, capsys):
-    code, out, err = run(["train", "--data", str(tiny_data), "--storage", str(tmp_path), "--name", "cli",
+    code, out, err = run(["train", "--data", str(tiny_data), "--out", str(tmp_path), "--name", "cli",
                           "--steps", "10", *_sets("train.checkpoint_every=0")], capsys)
     assert code == 0, err
     assert "tensorboard --logdir" in out and "done: 10 steps" in out
@@ -151,7 +151,38 @@ def test_two_concurrent_embedded_clusters_each_find_their_own(ray_session, tiny_
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
         assert "multiple active Ray instances" not in out + err and "Traceback" not in err, err[-2000:]
+        # #16.10: a clean console; Ray's own lines (raylet, GCS, workers' INFO) stay in Ray's log files
+        noise = [line for line in (out + err).splitlines() if any(m in line for m in CONSOLE_NOISE)]
+        assert not noise, noise
     assert "done: 3 steps" in outs[0][0] and "embedded local" in outs[0][0] and "32 rows" in outs[1][0]
+    assert "train 3/3 steps" in outs[0][1], "progress drawn on the driver (a line per interval off a terminal)"
+    assert (tmp_path / "c0" / "train.log").read_text().count("step-time split") == 1, "the run's own log file"
+
+
+CONSOLE_NOISE = ("WARNING", "Warning", "warn", "RpcError", "Failed to kill", "(raylet)", "gcs_server", "pid=",
+                 "Traceback", "Exception", "INFO", "ERROR", "View detailed results", "╭")
+
+
+def test_ctrl_c_during_infer_writes_nothing(ray_session, tiny_data, tiny_checkpoint, tmp_path):
+    """#16.15: SIGINT while actors reconstruct: exit 130 within seconds, one line, no output or temp files."""
+    import signal
+    import time
+
+    out = tmp_path / "r.npy"
+    cmd = [sys.executable, "-m", "cli.main", "infer", tiny_checkpoint, "--input", str(tiny_data), "--out", str(out),
+           "--steps", "150", "--num-samples", "4", "--batch-size", "4", "--ray-address", ray_session.address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".cfgdiff-infer-*/rec.npy")):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    time.sleep(2.0)  # the actors are sampling
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.time() - t0 < 30 and "interrupted; nothing was written" in err and "Traceback" not in err, err[-2000:]
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
 def test_ctrl_c_during_train_keeps_checkpoints_and_says_how_to_continue(ray_session, tiny_data, tmp_path):
@@ -170,6 +201,6 @@ def test_ctrl_c_during_train_keeps_checkpoints_and_says_how_to_continue(ray_sess
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted at step" in err and f"--storage {tmp_path} --resume int --steps 400" in err, err[-2000:]
+    assert "interrupted at step" in err and f"--out {tmp_path} --resume int --steps 400" in err, err[-2000:]
     assert "Traceback" not in err
     assert list((tmp_path / "int").glob("step_*/model.safetensors")), "checkpoints kept"

@@ -26,10 +26,11 @@ def test_quick_demo_runs_every_stage(ray_session, tmp_path):
     # the Bayes optimum is optimal: nothing beats it in MSE on missing pixels (up to sampling noise)
     assert t["mean-fill"]["mse_ratio"] > 1.0 and t["cfgdiff (mean of K)"]["known_error"] == 0.0
     out = tmp_path / "demo"
-    for f in ("comparison.png", "infer/recon.grid.png", "report.json", "runs/demo/export/model.safetensors"):
+    for f in ("comparison.png", "infer/recon.grid.png", "report.json", "export/model.safetensors",
+              "train/config.json", "data/cfgdiff.json"):
         assert (out / f).exists(), f
     assert json.loads((out / "report.json").read_text())["train_steps"] == 40
-    assert "tensorboard --logdir" in text
+    assert f"tensorboard --logdir {out}" in text and not (out / "runs").exists()  # one flat layout (#17.3)
     assert "exact samples score 0.650 at K=2" in text  # coverage is read against the finite-K ideal, not 0.95
     model = t["cfgdiff (mean of K)"]
     lo, hi = model["posterior_mean_mse_ratio_ci95"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -25,15 +26,23 @@ def _fits(out: Path) -> dict[str, int]:
     return {p.parent.name: len(p.read_text().splitlines()) for p in (out / "trials").glob("*/fits.log")}
 
 
-def test_search_asha_best_json_and_curves(ray_session, tiny_data, tmp_path):
+def test_search_asha_best_json_and_curves(ray_session, tiny_data, tmp_path, caplog):
+    """Every trial is listed with its status: completed, stopped by ASHA, errored (#17.2); one without results
+    is warned about, never dropped."""
     cfg = tiny_config(tiny_data, "train.lr=2e-3")
-    job = TuneJob(data_dir=str(tiny_data), config=cfg, out_dir=str(tmp_path), p_grid=(0.1, 0.95), w_grid=W,
-                  epochs=3, max_concurrent=1)
-    s = run_tune(job)
+    job = TuneJob(data_dir=str(tiny_data), config=cfg, out_dir=str(tmp_path), p_grid=(0.1, 0.95, 0.5), w_grid=W,
+                  epochs=3, max_concurrent=1, fail_p=0.5)
+    with caplog.at_level(logging.WARNING, logger="cfgdiff.tune"):
+        s = run_tune(job)
     fits = _fits(tmp_path)
     assert len(fits) == 2 and set(fits.values()) == {1}, f"every trial trained exactly once: {fits}"
     rows = {round(r["p"], 2): r for r in s["rows"]}
-    assert set(rows) == {0.1, 0.95}
+    assert set(rows) == {0.1, 0.95, 0.5}
+    assert rows[0.1]["status"] == "completed" and rows[0.95]["status"].startswith("stopped by ASHA after")
+    assert rows[0.5]["status"] == "errored" and rows[0.5]["psnr"] is None
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("p=0.500) errored" in m and "injected failure" in m for m in warned), warned
+    del rows[0.5]
     for r in rows.values():
         assert all(r[f"psnr_w{w:g}"] is not None for w in W), "full metric(w) curve"
         assert r["psnr"] == max(r[f"psnr_w{w:g}"] for w in W) and r["best_w"] in W
@@ -42,7 +51,8 @@ def test_search_asha_best_json_and_curves(ray_session, tiny_data, tmp_path):
     assert best["p"] == max(rows.values(), key=lambda r: r["psnr"])["p"]
     assert best["w"] == rows[round(best["p"], 2)]["best_w"] and Path(best["checkpoint"]).is_dir()
     with open(tmp_path / "trials.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and {t["status"] for t in table} == {rows[0.1]["status"], rows[0.95]["status"], "errored"}
     assert (tmp_path / "metric_vs_w.png").read_bytes()[:4] == b"\x89PNG"
 
 

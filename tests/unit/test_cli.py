@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
 import numpy as np
 import pytest
 
@@ -100,3 +101,53 @@ def test_subprocess_prints_one_line_and_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cli.main", "--debug", "convert", str(tmp_path / "nope.npy"), "--out",
                         str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_renamed_flags_are_hidden_aliases_of_the_new_ones():
+    """#17.9: one vocabulary; the old spellings still work for one release, hidden from --help."""
+    from click.testing import CliRunner
+
+    from cli.common import renamed
+
+    @click.command()
+    @click.option("--workers", type=int, default=1)
+    @renamed("--actors", "workers", type=int)
+    def cmd(workers):
+        click.echo(f"workers={workers}")
+
+    runner = CliRunner()
+    assert runner.invoke(cmd, ["--actors", "3"]).output.strip() == "workers=3"
+    assert runner.invoke(cmd, ["--workers", "2"]).output.strip() == "workers=2"
+    assert runner.invoke(cmd, []).output.strip() == "workers=1"
+    assert "--actors" not in runner.invoke(cmd, ["--help"]).output
+
+
+@pytest.mark.parametrize("command,new,old", [
+    ("tune", ["--trials", "--workers", "--threads-per-worker", "--precision", "--resume [NAME]"],
+     ["--num-samples", "--workers-per-trial"]),
+    ("train", ["--out", "--resume [NAME]", "--precision"], ["--storage"]),
+    ("infer", ["--workers", "--gpu", "--gpus-per-worker", "--threads-per-worker", "--limit"],
+     ["--actors", "--gpus-per-actor", "--threads-per-actor"]),
+    ("evaluate", ["--gpu", "--precision", "not on Ray"], ["--ray-address"])])
+def test_one_flag_vocabulary_in_help(command, new, old):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    text = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output.split())
+    assert all(n in text for n in new), [n for n in new if n not in text]
+    assert not any(o in text for o in old), [o for o in old if o in text]
+
+
+def test_hparams_report_validation_scores_at_the_tuned_w():
+    """#17.8: the hparams tab holds PSNR/SSIM/MAE, at the best w when the run swept w (a Tune trial)."""
+    from cfgdiff.config import ExperimentConfig
+    from cluster.train_loop import _hparams
+
+    cfg = ExperimentConfig()
+    swept = {"psnr": 20.0, "ssim": 0.5, "mae_missing": 0.3, "best_w": 2.0, "best_psnr": 22.0, "best_ssim": 0.6,
+             "best_mae_missing": 0.2}
+    hp, m = _hparams(cfg, swept, {"loss": 0.1})
+    assert hp["w"] == 2.0 and m == {"val_psnr": 22.0, "val_ssim": 0.6, "val_mae_missing": 0.2, "loss": 0.1}
+    hp, m = _hparams(cfg, {"psnr": 20.0, "ssim": 0.5, "mae_missing": 0.3}, {})
+    assert hp["w"] == cfg.sampler.w and m["val_psnr"] == 20.0 and m["loss"] is None

@@ -63,3 +63,23 @@ def test_reproducible_and_batch_independent():
 def test_bad_specs(spec, match):
     with pytest.raises(InputError, match=match):
         parse_spec(spec)
+
+
+def test_row_kinds_names_the_degradation_each_row_received():
+    """Figure row labels (#17.4): the mask kind a mix gave each row, from the same seeded draw as degrade()."""
+    from cfgdiff.degrade import row_kinds
+
+    spec = "mix:drop:0.9,half,box:0.4:random"
+    x = torch.randn(40, 1, 16, 16)
+    _, mask = degrade(x, spec, seed=3, index=range(100, 140))
+    kinds = row_kinds(spec, 3, range(100, 140))
+    assert set(kinds) == {"drop:0.9", "half:1", "box:0.4:random"}
+    for k, m in zip(kinds, mask[:, 0]):
+        known = float(m.mean())
+        if k == "half:1":
+            assert known == 0.5 and (m[:, :8].all() != m[:, 8:].all() or m[:8].all() != m[8:].all())
+        elif k == "drop:0.9":
+            assert known < 0.3
+        else:
+            assert abs((1 - known) - 0.4) < 0.1  # a box of 40% of the area is missing
+    assert row_kinds("drop:0.5", 0, [0, 1]) == ["drop:0.5", "drop:0.5"]
