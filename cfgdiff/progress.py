@@ -62,7 +62,8 @@ class Progress:
                  window_s: float = 30.0, bar: bool | None = None, clock: Callable[[], float] = time.monotonic):
         self.label, self.total, self.unit, self.interval_s, self.clock = label, total, unit, interval_s, clock
         self.rate = RecentRate(window_s)
-        self.done, self.info = 0, {}
+        self.done, self.info, self.lines = 0, {}, 0  # lines: log lines written (a stage done within one
+        # interval writes none: its command prints its own summary)
         self.t0 = self.last_line = clock()
         self.rate.add(self.t0, 0)
         self._bar = None
@@ -88,8 +89,8 @@ class Progress:
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
             self._bar.set_postfix_str(self._suffix(), refresh=True)
-        elif now - self.last_line >= self.interval_s or done >= self.total:
-            self.last_line = now
+        elif now - self.last_line >= self.interval_s or (done >= self.total and self.lines):
+            self.last_line, self.lines = now, self.lines + 1
             logger.info("%s %d/%d %s  %s", self.label, done, self.total, self.unit + "s", self._suffix())
 
     def eta_s(self) -> float | None:

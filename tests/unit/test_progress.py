@@ -80,3 +80,12 @@ def test_bar_on_a_terminal(monkeypatch):
 
 def test_durations():
     assert fmt_duration(None) == "?" and fmt_duration(59.6) == "1:00" and fmt_duration(3725) == "1:02:05"
+
+
+def test_a_stage_done_within_one_interval_writes_no_line(caplog):
+    clock = Clock()
+    p = Progress("write", 2048, unit="row", bar=False, clock=clock)
+    with caplog.at_level(logging.INFO, logger="cfgdiff.progress"):
+        clock.t = 0.3
+        p.update(2048)
+    assert caplog.records == []  # not "2048/2048 rows 6.5e+07 row/s": the command prints its own summary
