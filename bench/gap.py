@@ -66,7 +66,7 @@ def run(N: int = 20000) -> str:
             if name.startswith("conditional") and resample:
                 continue
             res = sample(model, cond, mask, schedule=sched, method=method, steps=steps, eta=1.0, resample=resample,
-                         generator=torch.Generator().manual_seed(0), clip_x0=False)
+                         generator=torch.Generator().manual_seed(0), clip_x0=False, prediction="eps")
             x = res.x0.reshape(N, D).double().numpy()
             m, C = x.mean(0), np.cov(x.T)
             err_m = np.abs(m[u] - m_post.numpy()[u]).max()

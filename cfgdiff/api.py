@@ -104,7 +104,7 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
                            model_batch: int = 0, clip_range=(-1.0, 1.0)) -> tuple[torch.Tensor, int]:
     """K samples per row in normalised units, shape (N, K, C, H, W).
 
-    Sample k of global row i is seeded ``seed + i * K + k``; with ``model_batch > 0`` the network
+    Sample k of global row i draws from the stream keyed by (seed, i * K + k); with ``model_batch > 0`` the network
     runs on fixed-size chunks (``FixedBatch``), so on CPU the output is bit-identical for any batch
     size or worker count.
     """

@@ -6,7 +6,7 @@ brush strokes), ``half`` (one random half missing), ``lines:2`` (every 2nd row k
 (average-pool by 2, condition on the full grid), ``noise:0.1`` (additive Gaussian noise, sigma in
 normalised units), and ``mix:drop:0.4,box:0.25,sr:2`` (one component drawn per sample).
 
-Sample i is degraded with its own generator seeded ``seed + index[i]``, so the result does not
+Sample i is degraded with its own generator seeded ``seed * 1_000_003 + index[i]``, so the result does not
 depend on batch composition. Mask-type degradations give cond = x * mask (zero where unknown);
 ``sr`` and ``noise`` give a dense condition and an all-zero mask (no pixel is known exactly).
 The linear ones expose A and A^+ for the samplers' consistency step (``operator_for``).

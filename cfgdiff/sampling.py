@@ -12,9 +12,15 @@ Timesteps: the ``steps``-long sub-sequence uses *trailing* spacing,
 first step always starts at t = T-1 and ``steps == T`` gives T-1, ..., 0. Level "-1" below is the
 clean sample (alpha_bar = 1).
 
-Randomness: by default sample i draws all its noise from its own generator seeded with
-``seed + sample_index[i]``, so results do not depend on batch size or worker count. Passing
-``generator`` instead draws batch-wise noise from it (faster for huge Monte-Carlo batches).
+Randomness: by default sample i draws all its noise from its own generator keyed by the pair
+(seed, sample_index[i]) through ``numpy.random.SeedSequence``, so results do not depend on batch size
+or worker count, and the streams of seed s and seed s+1 share no row (``seed + index`` made seed 1's
+row i the same noise as seed 0's row i+1). Passing ``generator`` instead draws batch-wise noise from it
+(faster for huge Monte-Carlo batches).
+
+Parametrisation: a network that declares what it predicts (``ConditionalUNet.prediction``, from its
+checkpoint) is sampled that way; a ``prediction`` argument that disagrees is an error, and a bare
+callable must say ``prediction="eps"`` or ``"v"``: a v-model read as eps gave wrong samples silently.
 """
 
 from __future__ import annotations
@@ -23,9 +29,41 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .schedule import NoiseSchedule
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """A 63-bit generator seed for sample ``index`` of run ``seed``: a hash of the pair, not a sum."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(index) % 2**63]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def declared_prediction(model) -> str | None:
+    """What a network predicts, if it says so: looked up through wrappers (DDP, torch.compile, the API's
+    autocast and fixed-batch wrappers) that keep the network as ``module``, ``_orig_mod`` or ``model``."""
+    for _ in range(8):
+        p = getattr(model, "prediction", None)
+        if isinstance(p, str):
+            return p
+        inner = next((getattr(model, a) for a in ("module", "_orig_mod", "model") if hasattr(model, a)), None)
+        if inner is None or inner is model:
+            return None
+        model = inner
+    return None
+
+
+def resolve_prediction(model, prediction: str | None) -> str:
+    declared = declared_prediction(model)
+    if declared is not None and prediction is not None and prediction != declared:
+        raise ValueError(f"prediction={prediction!r} but the model predicts {declared!r} (its checkpoint says so)")
+    found = declared or prediction
+    if found not in ("eps", "v"):
+        raise ValueError("pass prediction='eps' or 'v': this model does not declare what it predicts"
+                         if found is None else f"prediction must be 'eps' or 'v', got {found!r}")
+    return found
 
 
 @dataclass
@@ -46,7 +84,7 @@ class NoiseSource:
             idx = range(self.shape[0]) if sample_index is None else [int(i) for i in sample_index]
             if len(idx) != self.shape[0]:
                 raise ValueError(f"sample_index must have {self.shape[0]} entries, got {len(idx)}")
-            self.generators = [torch.Generator(device=device).manual_seed(int(seed) + i) for i in idx]
+            self.generators = [torch.Generator(device=device).manual_seed(stream_seed(seed, i)) for i in idx]
 
     def __call__(self) -> torch.Tensor:
         if self.generator is not None:
@@ -155,7 +193,7 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
            method: str = "ddim", steps: int = 50, eta: float = 0.0, w: float = 1.0,
            resample: tuple[int, int] | None = None, seed: int = 0, sample_index: Sequence[int] | None = None,
            generator: torch.Generator | None = None, clip_x0: bool = True,
-           clip_range: tuple[torch.Tensor | float, torch.Tensor | float] = (-1.0, 1.0), prediction: str = "eps",
+           clip_range: tuple[torch.Tensor | float, torch.Tensor | float] = (-1.0, 1.0), prediction: str | None = None,
            project: bool = True, progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """Draw x0 ~ p_theta(x0 | cond) with CFG, projecting ``known`` pixels where mask = 1.
 
@@ -164,7 +202,9 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
     ``operator`` (optional) exposes ``A(x)``, ``A_pinv(y)`` and ``y``; each x0 prediction is then
     made consistent, ``x0 <- x0 + A^+(y - A x0)`` (DDNM 2212.00490, eq. 13). With ``clip_x0`` the x0
     predictions are clamped to ``clip_range`` (floats or (1, C, 1, 1) tensors: the data range).
+    ``prediction`` comes from the model when it declares one (``resolve_prediction``).
     """
+    prediction = resolve_prediction(model, prediction)
     if known is None and project:
         known = cond
     _validate(cond, mask, known if project else None, shape, schedule, method, steps, eta, w, resample)

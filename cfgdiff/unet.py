@@ -43,6 +43,7 @@ class ConditionalUNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.prediction = cfg.prediction  # what the output is (eps or v): the samplers read it from here
         C, Cc, dim = cfg.in_channels, cfg.cond_channels, cfg.dim
         chs = [dim * m for m in cfg.dim_mults]
         L = len(chs)

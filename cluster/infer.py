@@ -12,8 +12,8 @@ tolerance is Ray core's: a dead actor is restarted (``max_restarts``) and its un
 (``max_task_retries``).
 
 Exactly once: every row has a global ``index``; the driver writes each output row into its slot
-and checks that every slot was filled once. Determinism: sample k of row i is seeded
-``seed + i K + k`` by the core sampler, so outputs do not depend on actor count or batch size.
+and checks that every slot was filled once. Determinism: sample k of row i draws from
+the stream keyed by (seed, i K + k) in the core sampler, so outputs do not depend on actor count or batch size.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ class GaussianEps:
     mean (y on K), covariance = posterior covariance (zero rows/cols on K).
     """
 
+    prediction = "eps"  # declared, as a checkpoint's network declares it
+
     def __init__(self, schedule, mu, sigma):
         self.ab = schedule.alpha_bar.double()
         self.mu, self.sigma = torch.tensor(mu), torch.tensor(sigma)
@@ -189,6 +191,8 @@ def test_ddim_eta1_full_schedule_has_ddpm_posterior_variance():
 
 
 class Recorder:
+    prediction = "eps"
+
     def __init__(self, fn):
         self.fn, self.calls = fn, []
 
@@ -247,8 +251,9 @@ def test_per_sample_seeding_independent_of_batch():
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
     f = lambda x, t, c, m: 0.1 * x
     cond, mask = torch.zeros(6, 1, 4, 4), torch.zeros(6, 1, 4, 4)
-    full = sample(f, cond, mask, schedule=sched, steps=10, eta=1.0, seed=7, sample_index=range(6)).x0
-    part = sample(f, cond[3:], mask[3:], schedule=sched, steps=10, eta=1.0, seed=7, sample_index=range(3, 6)).x0
+    full = sample(f, cond, mask, schedule=sched, steps=10, eta=1.0, seed=7, sample_index=range(6), prediction="eps").x0
+    part = sample(f, cond[3:], mask[3:], schedule=sched, steps=10, eta=1.0, seed=7, sample_index=range(3, 6),
+                  prediction="eps").x0
     assert torch.equal(full[3:], part)
 
 
@@ -260,7 +265,8 @@ def test_repaint_schedule_and_call_count():
     assert moves[-1] == (3, 4)
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
     cond, mask = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
-    res = sample(lambda x, t, c, m: 0 * x, cond, mask, schedule=sched, steps=10, w=2.0, resample=(2, 3))
+    res = sample(lambda x, t, c, m: 0 * x, cond, mask, schedule=sched, steps=10, w=2.0, resample=(2, 3),
+                 prediction="eps")
     denoise = sum(1 for a, b in plan_moves(10, (2, 3)) if b > a)
     assert res.num_steps == denoise and res.num_model_calls == 2 * denoise
     assert denoise == 10 + 2 * 2 * 4  # 4 jump points (2, 4, 6, 8), r-1 = 2 extra passes of j = 2
@@ -273,7 +279,7 @@ def test_sr_consistency_step_makes_output_consistent():
     y = torch.rand(3, 1, 4, 4) * 2 - 1
     op = PoolOperator(2, y)
     cond = op.A_pinv(y)
-    res = sample(lambda x, t, c, m: torch.zeros_like(x), cond, torch.zeros(3, 1, 8, 8), schedule=sched,
+    res = sample(lambda x, t, c, m: torch.zeros_like(x), cond, torch.zeros(3, 1, 8, 8), schedule=sched, prediction="eps",
                  shape=(3, 1, 8, 8), steps=10, operator=op, project=False, clip_x0=True)
     torch.testing.assert_close(op.A(res.x0), y, atol=1e-5, rtol=1e-5)
 
@@ -287,15 +293,56 @@ def test_sampler_argument_errors(kwargs, match):
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
     cond, mask = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
     with pytest.raises(ValueError, match=match):
-        sample(lambda *a: a[0], cond, mask, schedule=sched, **kwargs)
+        sample(lambda *a: a[0], cond, mask, schedule=sched, prediction="eps", **kwargs)
 
 
 def test_sampler_shape_errors():
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
     cond = torch.zeros(2, 1, 4, 4)
     with pytest.raises(ValueError, match="mask must have shape"):
-        sample(lambda *a: a[0], cond, torch.ones(2, 1, 4, 5), schedule=sched)
+        sample(lambda *a: a[0], cond, torch.ones(2, 1, 4, 5), schedule=sched, prediction="eps")
     with pytest.raises(ValueError, match="mask must be binary"):
-        sample(lambda *a: a[0], cond, torch.full((2, 1, 4, 4), 0.5), schedule=sched)
+        sample(lambda *a: a[0], cond, torch.full((2, 1, 4, 4), 0.5), schedule=sched, prediction="eps")
     with pytest.raises(ValueError, match="known must be"):
-        sample(lambda *a: a[0], cond, torch.ones(2, 1, 4, 4), known=torch.zeros(3, 1, 4, 4), schedule=sched)
+        sample(lambda *a: a[0], cond, torch.ones(2, 1, 4, 4), known=torch.zeros(3, 1, 4, 4), schedule=sched,
+               prediction="eps")
+
+
+def test_noise_streams_of_neighbouring_seeds_share_no_row():
+    """#20.3: sample i of seed s drew the same noise as sample i+1 of seed s-1 (seed + index). Keyed by the
+    pair, no row of seed 0 correlates with any row of seed 1."""
+    from cfgdiff.sampling import NoiseSource
+
+    a = NoiseSource((64, 1, 16, 16), torch.device("cpu"), seed=0, sample_index=range(64))().reshape(64, -1)
+    b = NoiseSource((64, 1, 16, 16), torch.device("cpu"), seed=1, sample_index=range(64))().reshape(64, -1)
+    a, b = (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True), (b - b.mean(1, keepdim=True)) / b.std(1, keepdim=True)
+    corr = (a @ b.T) / 255  # 4096 pairs of 256 independent normals: |r| has std 1/16, max about 0.28
+    assert corr.abs().max().item() < 0.35, corr.abs().max()
+    again = NoiseSource((3, 1, 16, 16), torch.device("cpu"), seed=0, sample_index=[5, 6, 7])().reshape(3, -1)
+    assert torch.equal(again, NoiseSource((64, 1, 16, 16), torch.device("cpu"), seed=0,
+                                          sample_index=range(64))().reshape(64, -1)[5:8]), "keyed by index"
+
+
+def test_the_model_says_what_it_predicts():
+    """#20.1: a v-network is sampled as v; asking for eps is an error, not wrong samples; a bare callable must
+    say what it returns. The v-model and its eps view (eps = sqrt(ab) v + sqrt(1 - ab) x_t) agree."""
+    from cfgdiff.config import ModelConfig
+    from cfgdiff.unet import ConditionalUNet
+
+    torch.manual_seed(0)
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
+    net = ConditionalUNet(ModelConfig(image_size=(8, 8), dim=8, dim_mults=(1, 2), num_res_blocks=1, heads=1,
+                                      dim_head=4, groups=4, prediction="v")).eval()
+    cond, mask = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    with pytest.raises(ValueError, match="the model predicts 'v'"):
+        sample(net, cond, mask, schedule=sched, steps=5, prediction="eps")
+    with pytest.raises(ValueError, match="pass prediction='eps' or 'v'"):
+        sample(lambda x, t, c, m: net(x, t, c, m), cond, mask, schedule=sched, steps=5)
+
+    def eps_view(x, t, c, m):
+        ab = sched.alpha_bar[t].view(-1, 1, 1, 1).float()
+        return ab.sqrt() * net(x, t, c, m) + (1 - ab).sqrt() * x
+
+    v = sample(net, cond, mask, schedule=sched, steps=5, w=1.5, seed=3).x0
+    e = sample(eps_view, cond, mask, schedule=sched, steps=5, w=1.5, seed=3, prediction="eps").x0
+    assert torch.allclose(v, e, atol=1e-4), (v - e).abs().max()
