@@ -89,7 +89,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    method: Literal["ddim", "ddpm"] = "ddim"  # reverse process
+    method: Literal["ddim", "ddpm", "dpm2m"] = "ddim"  # reverse process (dpm2m: DPM-Solver++(2M), deterministic)
     steps: int = 50  # number of denoising steps (DDPM: T unless respaced)
     eta: float = 0.0  # DDIM stochasticity, eq. 16; 1 = DDPM variance
     w: float = 1.0  # guidance: eps_u + w (eps_c - eps_u); 0 uncond, 1 cond
@@ -101,7 +101,7 @@ class SamplerConfig:
         import math
 
         _check(self.precision in PRECISIONS, f"sampler.precision must be fp32, bf16 or auto, got {self.precision!r}")
-        _check(self.method in ("ddim", "ddpm"), f"sampler.method must be ddim or ddpm, got {self.method!r}")
+        _check(self.method in ("ddim", "ddpm", "dpm2m"), f"sampler.method must be ddim, ddpm or dpm2m, got {self.method!r}")
         _check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
         _check(0.0 <= self.eta <= 1.0, f"sampler.eta must be in [0, 1], got {self.eta}")
         _check(math.isfinite(self.w), f"sampler.w must be finite, got {self.w}")

@@ -93,6 +93,31 @@ class NoiseSource:
                             for g in self.generators])
 
 
+METHODS = ("ddim", "ddpm", "dpm2m")
+
+
+def dpm_solver_2m_step(x: torch.Tensor, x0: torch.Tensor, ab_t: float, ab_s: float,
+                       prev: tuple[float, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[float, torch.Tensor]]:
+    """One DPM-Solver++(2M) step from level t to the less noisy level s (Lu et al. 2211.01095, Alg. 2).
+
+    With alpha = sqrt(ab), sigma = sqrt(1 - ab), lambda = log(alpha / sigma) and h = lambda_s - lambda_t:
+    ``x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D``, where D = x0 on the first step (this is DDIM),
+    and afterwards ``D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev`` with r = h_prev / h. The step to the clean
+    level (sigma_s = 0, h infinite) is first order: x_s = x0_t. ``prev`` is (lambda, x0) of the last step.
+    """
+    a_t, s_t = math.sqrt(ab_t), math.sqrt(max(1.0 - ab_t, 0.0))
+    lam_t = math.log(a_t / s_t)
+    if ab_s >= 1.0:
+        return x0, (lam_t, x0)
+    a_s, s_s = math.sqrt(ab_s), math.sqrt(1.0 - ab_s)
+    h = math.log(a_s / s_s) - lam_t
+    d = x0
+    if prev is not None:
+        half_inv_r = h / (2.0 * (lam_t - prev[0]))  # 1 / (2 r)
+        d = (1.0 + half_inv_r) * x0 - half_inv_r * prev[1]
+    return (s_s / s_t) * x - a_s * math.expm1(-h) * d, (lam_t, x0)
+
+
 def timestep_sequence(T: int, steps: int) -> list[int]:
     """Trailing-spaced descending timesteps tau_0 > ... > tau_{steps-1} (see module docstring)."""
     if not 1 <= steps <= T:
@@ -150,8 +175,8 @@ def _validate(cond, mask, known, shape, schedule, method, steps, eta, w, resampl
         raise ValueError(f"known must be (B={B}, C, {H}, {W}), got {tuple(known.shape)}")
     if shape is not None and (len(shape) != 4 or shape[0] != B or tuple(shape[2:]) != (H, W)):
         raise ValueError(f"shape must be (B={B}, C, {H}, {W}), got {tuple(shape)}")
-    if method not in ("ddim", "ddpm"):
-        raise ValueError(f"method must be 'ddim' or 'ddpm', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not 1 <= steps <= schedule.T:
         raise ValueError(f"steps must be in [1, {schedule.T}], got {steps}")
     if not 0.0 <= eta <= 1.0:
@@ -174,6 +199,8 @@ def _move_coefficients(ab: torch.Tensor, moves, method: str, eta: float) -> list
         if k2 < k:  # re-noise: q(x_s | x_t) for s noisier than t
             ratio = ab_s / ab_t
             coefs.append((math.sqrt(ratio), 0.0, 0.0, math.sqrt(max(1.0 - ratio, 0.0))))
+        elif method == "dpm2m":
+            coefs.append((0.0, 0.0, 0.0, 0.0))  # deterministic; the update is dpm_solver_2m_step
         elif method == "ddim":
             # DDIM eq. (16): sigma = eta sqrt((1-ab_s)/(1-ab_t)) sqrt(1 - ab_t/ab_s); eq. (12) update
             sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
@@ -237,9 +264,11 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
     x = project_known(noise(), 0)
     calls_per_eval = 1 if w in (0.0, 1.0) else 2
     num_evals = 0
+    history = None  # DPM-Solver++(2M): (lambda, x0) of the previous step; a re-noising jump clears it
     for i, ((k, k2), (a, b, c, sigma)) in enumerate(zip(moves, coefs)):
         if k2 < k:  # RePaint re-noising jump, forward process from level k to k2
             x = a * x + sigma * noise()
+            history = None
         else:
             t = t_seq[k].expand(B)
             out = guided_output(model, x, t, cond, mask, w).float()
@@ -252,10 +281,13 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
                 x0_hat = torch.clamp(x0_hat, lo, hi)
             if operator is not None:  # DDNM range/null-space consistency
                 x0_hat = x0_hat + operator.A_pinv(operator.y - operator.A(x0_hat))
-            eps_hat = sched.predict_eps(x, t, x0_hat)  # re-derive eps from the final x0 (DDIM eq. 12)
-            x_new = a * x0_hat + b * eps_hat + c * x
-            if sigma > 0.0:
-                x_new = x_new + sigma * noise()
+            if method == "dpm2m":
+                x_new, history = dpm_solver_2m_step(x, x0_hat, float(ab[k]), float(ab[k2]), history)
+            else:
+                eps_hat = sched.predict_eps(x, t, x0_hat)  # re-derive eps from the final x0 (DDIM eq. 12)
+                x_new = a * x0_hat + b * eps_hat + c * x
+                if sigma > 0.0:
+                    x_new = x_new + sigma * noise()
             x = project_known(x_new, k2)
         if progress is not None:
             progress(i + 1, len(moves))

@@ -16,7 +16,7 @@ from cfgdiff.evaluate import EvalOptions, run_evaluation
 @click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
 @click.option("--limit", type=int, default=32, show_default=True, help="Rows to score.")
 @click.option("--steps", type=int, default=25, show_default=True, help="Sampler steps.")
-@click.option("--method", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True,
+@click.option("--method", type=click.Choice(["ddim", "ddpm", "dpm2m"]), default="ddim", show_default=True,
               help="Sampler. More steps (or ddpm) widen the samples towards the true posterior spread.")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="DDIM stochasticity (0 = deterministic ODE).")

@@ -49,7 +49,8 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Rows per actor batch.")
 @click.option("--model-batch", type=int, default=8, show_default=True,
               help="Rows per network call; fixed so CPU output is bit-identical for any batch size (0 = whole batch).")
-@click.option("--method", type=click.Choice(["ddim", "ddpm"]), default=None, help="Sampler (default: checkpoint's).")
+@click.option("--method", type=click.Choice(["ddim", "ddpm", "dpm2m"]), default=None,
+              help="Sampler (default: checkpoint's); dpm2m = DPM-Solver++(2M), deterministic, second order.")
 @click.option("--steps", type=int, default=None, help="Denoising steps (default: checkpoint's).")
 @click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
 @click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")

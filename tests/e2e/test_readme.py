@@ -37,7 +37,8 @@ SIZES = {
     "--num-samples": {"8": "2", "4": "2"},
     "--limit": {"128": "4"},
     "--val-fraction": {"0.0078125": "0.25"},
-    "--sweep": {"ddim:10": "ddim:2", "ddim:50": "ddim:3", "ddpm:1000": "ddpm:4", "ddim:25:r5,3": "ddim:2:r2,2"},
+    "--sweep": {"ddim:10": "ddim:2", "dpm2m:10": "dpm2m:3", "ddim:50": "ddim:3", "ddpm:1000": "ddpm:4",
+                "ddim:25:r5,3": "ddim:2:r2,2"},
 }
 PY_SIZES = {"steps=50": "steps=2", "num_samples=8": "num_samples=2"}
 TINY_SETS = [a for kv in TINY_MODEL + TINY_TRAIN + ["train.max_steps=4", "train.checkpoint_every=0"]
