@@ -46,6 +46,14 @@ class RayInfo:
     connected_here: bool = True  # False when Ray was already initialised by the caller
 
 
+_QUIET = True  # the console mode of the last start_ray (quiet unless --verbose)
+
+
+def console_is_quiet() -> bool:
+    """Whether Ray's own warnings stay off the console (the default; ``--verbose`` shows them)."""
+    return _QUIET
+
+
 def default_num_cpus() -> int:
     """Logical CPUs for the embedded cluster: physical cores + 4 headroom for Ray Data tasks."""
     return (os.cpu_count() or 2) + 4
@@ -105,6 +113,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         _restore({"RAY_GCS_SERVER_PORT": saved_env["RAY_GCS_SERVER_PORT"]})
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     quiet_ray_logs()
+    global _QUIET
+    _QUIET = quiet
     if quiet:
         _quiet_ray_processes()
     r = ray.cluster_resources()

@@ -31,7 +31,7 @@ from cfgdiff.errors import InputError
 
 from .data import parquet_dataset
 from .progress import TrainProgress
-from .runtime import cluster_gpus
+from .runtime import cluster_gpus, console_is_quiet
 from .train_loop import train_loop_per_worker
 
 logger = logging.getLogger("cfgdiff.train")
@@ -178,7 +178,10 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta, board
                              failure_config=FailureConfig(max_failures=job.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              callbacks=job.callbacks or None,
-                             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+                             # Train's controller warns on the console about its placement-group cleaner on
+                             # a lean local cluster; quiet runs keep Train's warnings in Ray's log files
+                             logging_config=ray.train.LoggingConfig(
+                                 log_level="ERROR" if console_is_quiet() else "WARNING")),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=split),
     )
 
