@@ -19,6 +19,7 @@ FORMAT_VERSION = 1
 
 
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where it is native (engine.native_bf16), fp32 elsewhere
+METHODS = ("ddim", "ddpm", "dpm2m")  # samplers (cfgdiff.sampling); dpm2m = DPM-Solver++(2M)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -101,7 +102,7 @@ class SamplerConfig:
         import math
 
         _check(self.precision in PRECISIONS, f"sampler.precision must be fp32, bf16 or auto, got {self.precision!r}")
-        _check(self.method in ("ddim", "ddpm", "dpm2m"), f"sampler.method must be ddim, ddpm or dpm2m, got {self.method!r}")
+        _check(self.method in METHODS, f"sampler.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         _check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
         _check(0.0 <= self.eta <= 1.0, f"sampler.eta must be in [0, 1], got {self.eta}")
         _check(math.isfinite(self.w), f"sampler.w must be finite, got {self.w}")

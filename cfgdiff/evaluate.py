@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import METHODS
 from .degrade import degrade_raw, parse_spec
 from .demo import grf_covariance, kriging
 from .errors import InputError
@@ -148,12 +149,12 @@ def parse_sweep(item: str) -> tuple[str, int, tuple[int, int] | None]:
     try:
         method, steps = parts[0], int(parts[1])
         resample = tuple(int(v) for v in parts[2][1:].split(",")) if len(parts) > 2 else None
-        ok = (method in ("ddim", "ddpm", "dpm2m") and steps >= 1 and len(parts) <= 3
+        ok = (method in METHODS and steps >= 1 and len(parts) <= 3
               and (resample is None or (parts[2][0] == "r" and len(resample) == 2 and min(resample) >= 1)))
     except (IndexError, ValueError):
         ok = False
     if not ok:
-        raise InputError(f"--sweep {item!r}: expected METHOD:STEPS[:rJ,R] with METHOD ddim, ddpm or dpm2m, "
+        raise InputError(f"--sweep {item!r}: expected METHOD:STEPS[:rJ,R] with METHOD one of {', '.join(METHODS)}, "
                          "e.g. ddim:10 or ddim:25:r5,3")
     return method, steps, resample
 

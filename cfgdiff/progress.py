@@ -64,8 +64,8 @@ class Progress:
         self.rate = RecentRate(window_s)
         self.done, self.info, self.lines = 0, {}, 0  # lines: log lines written (a stage done within one
         # interval writes none: its command prints its own summary)
-        self.t0 = self.last_line = clock()
-        self.rate.add(self.t0, 0)
+        self.last_line = clock()
+        self.rate.add(self.last_line, 0)
         self._bar = None
         if bar if bar is not None else (sys.stderr.isatty() and logger.isEnabledFor(logging.INFO)):
             from tqdm import tqdm

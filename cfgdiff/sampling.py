@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import METHODS
 from .schedule import NoiseSchedule
 
 
@@ -91,9 +92,6 @@ class NoiseSource:
             return torch.randn(self.shape, generator=self.generator, device=self.device)
         return torch.stack([torch.randn(self.shape[1:], generator=g, device=self.device)
                             for g in self.generators])
-
-
-METHODS = ("ddim", "ddpm", "dpm2m")
 
 
 def dpm_solver_2m_step(x: torch.Tensor, x0: torch.Tensor, ab_t: float, ab_s: float,

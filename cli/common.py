@@ -73,10 +73,9 @@ def renamed(old: str, new_param: str, **kwargs):
     return deco
 
 
-def resume_option(what: str):
-    """``--resume [NAME]``: bare, it continues ``--name``; with a value, that run or search."""
-    return click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[NAME]",
-                        help=f"Continue the interrupted {what} called --name (or NAME).")
+def resume_option(help_text: str):
+    """``--resume [NAME]`` for train and tune: bare (value ""), it continues ``--name``; with a value, NAME."""
+    return click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[NAME]", help=help_text)
 
 
 def ray_options(f):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cfgdiff.config import METHODS, PRECISIONS
 from cfgdiff.errors import InputError
 from cfgdiff.evaluate import EvalOptions, run_evaluation
 
@@ -16,7 +17,7 @@ from cfgdiff.evaluate import EvalOptions, run_evaluation
 @click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
 @click.option("--limit", type=int, default=32, show_default=True, help="Rows to score.")
 @click.option("--steps", type=int, default=25, show_default=True, help="Sampler steps.")
-@click.option("--method", type=click.Choice(["ddim", "ddpm", "dpm2m"]), default="ddim", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="ddim", show_default=True,
               help="Sampler. More steps (or ddpm) widen the samples towards the true posterior spread.")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="DDIM stochasticity (0 = deterministic ODE).")
@@ -29,7 +30,7 @@ from cfgdiff.evaluate import EvalOptions, run_evaluation
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT/evaluate.json.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--gpu", is_flag=True, help="Run the model on the first CUDA GPU.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Network precision (default: the checkpoint's sampler.precision).")
 def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, num_samples, sweep, no_baselines, out,
                  overwrite, seed, gpu, precision):

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from cfgdiff.checkpoint import load_checkpoint
-from cfgdiff.config import SamplerConfig
+from cfgdiff.config import METHODS, PRECISIONS, SamplerConfig
 from cfgdiff.errors import InputError
 
 from .common import Progress, fmt_metrics, ray_options, renamed
@@ -49,13 +49,13 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Rows per actor batch.")
 @click.option("--model-batch", type=int, default=8, show_default=True,
               help="Rows per network call; fixed so CPU output is bit-identical for any batch size (0 = whole batch).")
-@click.option("--method", type=click.Choice(["ddim", "ddpm", "dpm2m"]), default=None,
+@click.option("--method", type=click.Choice(METHODS), default=None,
               help="Sampler (default: checkpoint's); dpm2m = DPM-Solver++(2M), deterministic, second order.")
 @click.option("--steps", type=int, default=None, help="Denoising steps (default: checkpoint's).")
 @click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
 @click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")
 @click.option("--resample", default=None, metavar="J,R", help="RePaint jump length and resamplings.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Network precision: bf16 autocast; auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp32 "
                    "elsewhere (default: the checkpoint's sampler.precision).")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="K samples per row (mean and std maps).")

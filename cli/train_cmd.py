@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from cfgdiff.config import ExperimentConfig, resume_conflicts
+from cfgdiff.config import PRECISIONS, ExperimentConfig, resume_conflicts
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import fmt_metrics, ray_options, renamed
+from .common import fmt_metrics, ray_options, renamed, resume_option
 
 
 def load_base_config(config_file: str | None) -> ExperimentConfig:
@@ -41,12 +41,11 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override, e.g. --set model.dim=64 (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Train for N passes over the data (overrides train.max_steps).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (train.max_steps).")
-@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[NAME]",
-              help="Continue the run called --name (or NAME) from its last checkpoint, exactly (same data order and "
+@resume_option("Continue the run called --name (or NAME) from its last checkpoint, exactly (same data order and "
                    "noise). --steps and --set train.ema_decay/log_every/checkpoint_every/keep_checkpoints/val_*/precision/"
                    "compile/max_nonfinite and sampler.* apply from the resumed step; any other changed setting "
                    "is refused (exit 2).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="bf16 autocast, or auto: bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp32 elsewhere "
                    "(emulated bf16 on an AVX2-only CPU trained 11x slower than fp32).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")

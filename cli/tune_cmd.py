@@ -6,10 +6,11 @@ import sys
 
 import click
 
+from cfgdiff.config import PRECISIONS
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import ray_options, renamed
+from .common import ray_options, renamed, resume_option
 from .train_cmd import load_base_config
 
 
@@ -37,14 +38,13 @@ def _floats(value: str | None, name: str) -> tuple[float, ...] | None:
 @renamed("--workers-per-trial", "workers", type=int)
 @click.option("--gpu", is_flag=True, help="One GPU per worker.")
 @click.option("--threads-per-worker", type=int, default=1, show_default=True, help="torch threads per worker.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Training precision of every trial (as for train).")
 @click.option("--max-concurrent", type=int, default=1, show_default=True, help="Trials at once.")
 @ray_options
 @click.option("--config", "config_file", type=click.Path(), help="Base experiment config JSON.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override the base config (repeatable).")
-@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[NAME]",
-              help="Continue the interrupted search OUT/NAME (or OUT/NAME given here) without rerunning finished trials.")
+@resume_option("Continue the interrupted search OUT/NAME (or OUT/NAME given here) without rerunning finished trials.")
 def tune_cmd(data, out, name, trials, p_range, p_grid, w_grid, metric, epochs, workers, gpu, threads_per_worker,
              precision, max_concurrent, ray_address, num_cpus, dashboard, config_file, sets, resume):
     """Search the condition-dropout probability p with Ray Tune (ASHA); every trial trains once

@@ -9,13 +9,12 @@ log line per interval otherwise. The board holds no CPU and works the same on a 
 
 from __future__ import annotations
 
-import logging
+import time
 
 import ray
+import torch
 
 from cfgdiff.progress import Progress
-
-logger = logging.getLogger("cfgdiff.train")
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -61,8 +60,6 @@ class TrainProgress:
             w = f" (w={ev['w']:g})" if ev.get("w") is not None else ""
             self.progress.note(f"epoch {ev['epoch']} step {ev['step']}: val_loss {ev['val_loss']:.4f}  "
                                f"psnr {ev['psnr']:.2f} dB  ssim {ev['ssim']:.3f}{w}")
-        elif kind == "note":
-            self.progress.note(ev["text"])
 
     def close(self) -> None:
         try:
@@ -74,20 +71,28 @@ class TrainProgress:
 
 
 class BoardClient:
-    """Rank 0's side: sends events to the board without waiting, steps at most once per ``interval_s``."""
+    """Rank 0's side: sends events to the board without waiting (a no-op on other ranks, ``board=None``).
+
+    ``step`` accumulates the loss on the device and reads it back (one host sync) only when a step event is
+    due, at most once per ``interval_s``, and at the last step."""
 
     def __init__(self, board, interval_s: float = 1.0):
         self.board, self.interval_s, self.last, self.images = board, interval_s, 0.0, 0
+        self.loss_sum, self.loss_n = None, 0
 
     def send(self, event: dict) -> None:
         if self.board is not None:
             self.board.push.remote(event)
 
-    def step(self, step: int, images: int, loss: float | None, now: float, force: bool = False) -> None:
-        """Count ``images`` trained since the previous call; send the step when due (or ``force``)."""
+    def step(self, step: int, images: int, loss: torch.Tensor, last: bool = False) -> None:
+        if self.board is None:
+            return
         self.images += images
-        if self.board is None or not (force or now - self.last >= self.interval_s):
+        loss = loss.detach().float()
+        self.loss_sum, self.loss_n = (loss if self.loss_sum is None else self.loss_sum + loss), self.loss_n + 1
+        now = time.time()
+        if not (last or now - self.last >= self.interval_s):
             return
         ips = self.images / max(now - self.last, 1e-9) if self.last else None
-        self.send({"kind": "step", "step": step, "loss": loss, "images_per_s": ips})
-        self.last, self.images = now, 0
+        self.send({"kind": "step", "step": step, "loss": float(self.loss_sum) / self.loss_n, "images_per_s": ips})
+        self.last, self.images, self.loss_sum, self.loss_n = now, 0, None, 0

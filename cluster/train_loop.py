@@ -167,7 +167,6 @@ def train_loop_per_worker(lc: dict) -> dict:
     reported = False
     board = BoardClient(lc.get("progress") if rank == 0 else None)  # the driver's progress bar (cluster.progress)
     board.send({"kind": "start", "step": step, "max_steps": max_steps})
-    loss_sum, loss_n = torch.zeros((), device=device), 0
 
     def report(metrics: dict, tag: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -203,13 +202,7 @@ def train_loop_per_worker(lc: dict) -> dict:
                                      f"consecutive steps (train.max_nonfinite={tc.max_nonfinite}); those steps did "
                                      "not change the weights. Check the data, or lower train.lr")
             img_seen += b["x0"].shape[0] * world
-            if board.board is not None:
-                loss_sum, loss_n = loss_sum + out["loss"].detach().float(), loss_n + 1
-                due = time.time() - board.last >= board.interval_s or step == max_steps
-                board.step(step, b["x0"].shape[0] * world, float(loss_sum) / loss_n if due else None, time.time(),
-                           force=step == max_steps)
-                if due:
-                    loss_sum, loss_n = torch.zeros((), device=device), 0
+            board.step(step, b["x0"].shape[0] * world, out["loss"], last=step == max_steps)
             if lc.get("fail_at_step") == step and rank == world - 1 and not os.path.exists(lc["fail_marker"]):
                 Path(lc["fail_marker"]).write_text(str(step))
                 os._exit(1)  # fault injection for tests: this worker dies once

@@ -175,9 +175,8 @@ class TuneProgress(tune.Callback):
 
     def _finished(self, trial, how: str) -> None:
         self.done += 1
-        reported = (trial.last_result or {}).get("training_iteration")
-        if how == "completed" and reported is not None and reported < self.epochs:
-            how = f"stopped by ASHA after {reported} epoch(s)"
+        if how == "completed":
+            how = _status(False, (trial.last_result or {}).get("training_iteration"), self.epochs)
         self.progress.note(f"trial {trial.trial_id} p={trial.config['p']:.3f} {how}")
         self.progress.update(self.done)
 
@@ -194,14 +193,17 @@ class SearchInterrupted(KeyboardInterrupt):
     """A search stopped by Ctrl-C; its state is saved and ``--resume`` continues it."""
 
 
-def trial_status(result, epochs: int) -> str:
+def _status(errored: bool, epochs_done: int | None, epochs: int) -> str:
     """completed, stopped by ASHA (fewer epochs than asked), errored, or no results."""
-    if result.error is not None:
+    if errored:
         return "errored"
-    done = (result.metrics or {}).get("training_iteration")
-    if done is None:
+    if epochs_done is None:
         return "no results"
-    return "completed" if done >= epochs else f"stopped by ASHA after {done} epoch(s)"
+    return "completed" if epochs_done >= epochs else f"stopped by ASHA after {epochs_done} epoch(s)"
+
+
+def trial_status(result, epochs: int) -> str:
+    return _status(result.error is not None, (result.metrics or {}).get("training_iteration"), epochs)
 
 
 def summarize(results, job: TuneJob, out: Path, target: str, mode: str) -> dict:

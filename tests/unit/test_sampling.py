@@ -60,6 +60,19 @@ class GaussianEps:
         return eps.float().reshape(x_t.shape)
 
 
+def kriging_problem(sched, N: int):
+    """The conditional Gaussian problem: 3 of 6 pixels known, N copies of one observation y, and its exact
+    kriging posterior (mean, covariance). Returns model, known, cond, mask, m_post, S_post."""
+    mu, sigma = gaussian_problem(1)
+    model = GaussianEps(sched, mu, sigma)
+    known = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    y = torch.tensor(np.random.default_rng(3).multivariate_normal(mu, sigma))
+    m_post, S_post = model.conditional(y, known)
+    cond = (y * known).float().reshape(1, *SHAPE).expand(N, *SHAPE).contiguous()
+    mask = known.float().reshape(1, 1, 2, 3).expand(N, 1, 2, 3).contiguous()
+    return model, known, y, cond, mask, m_post, S_post
+
+
 def _moments(x):
     x = x.reshape(x.shape[0], -1).double().numpy()
     return x.mean(0), np.cov(x.T)
@@ -144,14 +157,8 @@ def test_exact_gaussian_unconditional_matches_closed_form_of_the_sampler(method,
 @pytest.mark.parametrize("method,steps", [("ddpm", 1000), ("ddim", 100)])
 def test_exact_gaussian_conditional_with_projection_matches_kriging(method, steps):
     sched = NoiseSchedule.from_config(ScheduleConfig("linear", 1000))
-    mu, sigma = gaussian_problem(1)
-    model = GaussianEps(sched, mu, sigma)
-    known = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
-    y = torch.tensor(np.random.default_rng(3).multivariate_normal(mu, sigma))
-    m_post, S_post = model.conditional(y, known)
     N = 6000
-    cond = (y * known).float().reshape(1, *SHAPE).expand(N, *SHAPE).contiguous()
-    mask = known.float().reshape(1, 1, 2, 3).expand(N, 1, 2, 3).contiguous()
+    model, known, y, cond, mask, m_post, S_post = kriging_problem(sched, N)
     res = sample(model, cond, mask, schedule=sched, method=method, steps=steps, eta=1.0, w=1.0,
                  generator=torch.Generator().manual_seed(1), clip_x0=False)
     x = res.x0.reshape(N, D)
@@ -383,14 +390,8 @@ def test_dpm2m_matches_kriging_with_projection_and_returns_known_pixels_exactly(
     """At 20 steps with the known-pixel projection, DPM-Solver++(2M) samples have the posterior's spread (measured
     0.99-1.02 of the kriging variance) where DDIM's are narrow (0.86-0.89): the calibration gap of #20."""
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 1000))
-    mu, sigma = gaussian_problem(1)
-    model = GaussianEps(sched, mu, sigma)
-    known = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
-    y = torch.tensor(np.random.default_rng(3).multivariate_normal(mu, sigma))
-    m_post, S_post = model.conditional(y, known)
     N = 4000
-    cond = (y * known).float().reshape(1, *SHAPE).expand(N, *SHAPE).contiguous()
-    mask = known.float().reshape(1, 1, 2, 3).expand(N, 1, 2, 3).contiguous()
+    model, known, _, cond, mask, m_post, S_post = kriging_problem(sched, N)
     ratios = {}
     for method in ("dpm2m", "ddim"):
         res = sample(model, cond, mask, schedule=sched, method=method, steps=20, clip_x0=False,
