@@ -63,6 +63,7 @@ class ConvertOptions:
     mask_from_zeros: bool = False  # condition == 0 means missing (the seed's convention)
     normalization: str = "minmax"  # minmax or meanstd
     val_fraction: float = 0.1  # held-out fraction
+    groups: str | None = None  # .npy of one integer id per row: rows sharing an id land in the same split
     seed: int = 0  # split and degradation seed
     chunk_rows: int = 4096  # rows per processing chunk (bounds memory)
     row_group_mb: float = 64.0  # target row-group size
@@ -175,6 +176,40 @@ class _SplitWriter:
             self.writer.close()
 
 
+def _load_groups(path: str, n: int) -> np.ndarray:
+    p = Path(path)
+    if p.suffix != ".npy" or not p.is_file():
+        raise InputError(f"--groups {path}: expected an existing .npy file of one integer id per row")
+    try:
+        g = np.load(p, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise InputError(f"--groups {path}: unreadable .npy ({str(e).splitlines()[0][:200]})") from None
+    if g.shape != (n,) or not np.issubdtype(g.dtype, np.integer):
+        raise InputError(f"--groups {path}: expected shape ({n},) of integers (one id per row), "
+                         f"found shape {g.shape} dtype {g.dtype}")
+    return np.asarray(g)
+
+
+def split_rows(n: int, val_fraction: float, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Seeded boolean "is validation" per row: round(n * val_fraction) random rows, or, with ``groups``,
+    whole groups in a seeded random order until at least that many rows are held out (so that
+    snapshots of one trajectory, or tiles of one scene, never sit on both sides)."""
+    rng = np.random.default_rng(seed)
+    want = int(round(n * val_fraction))
+    is_val = np.zeros(n, bool)
+    if groups is None:
+        is_val[rng.permutation(n)[:want]] = True
+        return is_val
+    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = rng.permutation(len(ids))
+    take = order[: int(np.searchsorted(np.cumsum(counts[order]), want) + 1)] if want else order[:0]
+    if len(take) == len(ids) and want:
+        raise InputError(f"--groups: holding out {val_fraction:g} of the rows needs every one of the "
+                         f"{len(ids)} groups; give more groups or a smaller --val-fraction")
+    is_val[np.isin(inverse, take)] = True
+    return is_val
+
+
 def _table(cols: dict) -> pa.Table:
     fields, arrays = [pa.field("index", pa.int64(), nullable=False)], [cols.pop("index")]
     for name, a in cols.items():
@@ -219,6 +254,7 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
     ref = target if target is not None else cond
     _validate_shapes(ref, cond, mask)
     N, (C, H, W) = len(ref), ref.chw
+    is_val = split_rows(N, opts.val_fraction, opts.seed, _load_groups(opts.groups, N) if opts.groups else None)
     t_stats, c_stats, mask_source = _pass1(target, cond, mask, opts, progress)
     c_aff = c_stats.affine(opts.normalization) if c_stats else None
     t_aff = t_stats.affine(opts.normalization) if t_stats else c_aff
@@ -226,9 +262,6 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
     Cc = cond.chw[0] if cond else C
     has_cond = cond is not None or comps is not None
 
-    rng = np.random.default_rng(opts.seed)
-    is_val = np.zeros(N, bool)
-    is_val[rng.permutation(N)[: int(round(N * opts.val_fraction))]] = True
     row_bytes = ref.dtype.itemsize * C * H * W + (4 * Cc * H * W + H * W if has_cond else 0) + 8
     rg_rows = max(1, int(opts.row_group_mb * 2**20 // row_bytes))
     shard_rows = max(rg_rows, int(opts.shard_mb * 2**20 // row_bytes))
@@ -270,6 +303,7 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
             "normalization": norm.to_dict(),
             "counts": {"total": N, "train": writers["train"].count, "val": writers["val"].count},
             "compression": opts.compression, "val_fraction": opts.val_fraction, "seed": opts.seed,
+            "groups": opts.groups,
             "mask_source": "degrade" if comps else mask_source, "degrade": opts.degrade,
             "sources": {"target": target.sources() if target else None,
                         "condition": cond.sources() if cond else None, "mask": mask.sources() if mask else None},

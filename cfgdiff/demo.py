@@ -1,4 +1,5 @@
-"""Offline demo data: Gaussian random fields with an exact covariance, and smooth shapes.
+"""Offline demo data: Gaussian random fields with an exact covariance, smooth shapes, and decaying
+2-D turbulence (``turbulence.py``, non-Gaussian).
 
 Gaussian random fields live on the H x W torus with power spectrum P(k) ~ (|k|^2 + k0^2)^(-alpha/2):
 x = F^-1 diag(sqrt P) F z with z ~ N(0, I), so Cov(x) is circulant with first row F^-1 P,
@@ -81,29 +82,51 @@ def kriging(x: np.ndarray, mask: np.ndarray, cov: np.ndarray, mean: float = 0.0
 
 
 DEMO_META = "demo.json"
+KINDS = ("grf", "shapes", "turbulence")
+TURBULENCE_SNAPSHOTS = 32  # snapshots per trajectory
 
 
 def write_demo(out, kind: str = "grf", n: int = 2048, size: int = 32, seed: int = 0, alpha: float = 4.0,
-               k0: float = 1.0) -> dict:
-    """Write ``out/target.npy`` and ``out/demo.json`` (kind and the parameters of the exact covariance)."""
+               k0: float = 1.0, progress=None) -> dict:
+    """Write ``out/target.npy`` and ``out/demo.json`` (kind and the parameters of the exact covariance).
+
+    ``turbulence`` also writes ``out/groups.npy``, the trajectory of each row, for ``convert --groups``."""
     import json
     import os
     from pathlib import Path
 
     from .errors import InputError
 
-    if kind not in ("grf", "shapes"):
-        raise InputError(f"--kind must be grf or shapes, got {kind!r}")
+    if kind not in KINDS:
+        raise InputError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if n < 2 or size < 4:
         raise InputError(f"--n must be >= 2 and --size >= 4, got n={n}, size={size}")
+    if kind == "turbulence" and (size % 4 or size < 8):
+        raise InputError(f"--size must be a multiple of 4 and >= 8 for turbulence, got {size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    x = gaussian_random_fields(n, size, size, alpha, k0, seed) if kind == "grf" else smooth_shapes(n, size, size, seed)
-    tmp = out / "target.tmp.npy"
-    np.save(tmp, x)
-    os.replace(tmp, out / "target.npy")
     meta = {"kind": kind, "n": n, "size": size, "seed": seed}
-    if kind == "grf":
+    files = {"target": out / "target.npy"}
+    if kind == "turbulence":
+        from .turbulence import decaying_turbulence, kurtosis
+
+        snaps = min(TURBULENCE_SNAPSHOTS, n)
+        x, groups = decaying_turbulence(-(-n // snaps), snaps, size, seed, progress=progress)
+        x, groups = x[:n], groups[:n]
+        files["groups"] = out / "groups.npy"
+        meta.update(snapshots_per_trajectory=snaps, trajectories=int(groups.max()) + 1,
+                    vorticity_kurtosis=round(kurtosis(x), 3),
+                    note="decaying 2-D turbulence (cfgdiff.turbulence); convert with --groups groups.npy so that "
+                         "training and validation never share a trajectory")
+    elif kind == "grf":
+        x = gaussian_random_fields(n, size, size, alpha, k0, seed)
         meta.update(alpha=alpha, k0=k0, mean=0.0, note="covariance = cfgdiff.demo.grf_covariance(size, size, alpha, k0)")
+    else:
+        x = smooth_shapes(n, size, size, seed)
+    for name, arr in (("target", x), ("groups", groups if kind == "turbulence" else None)):
+        if arr is not None:
+            tmp = out / f"{name}.tmp.npy"
+            np.save(tmp, arr)
+            os.replace(tmp, files[name])
     (out / DEMO_META).write_text(json.dumps(meta, indent=2))
-    return {"target": str(out / "target.npy"), **meta}
+    return {**{k: str(v) for k, v in files.items()}, **meta}

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from .config import METHODS
-from .degrade import degrade_raw, parse_spec
+from .degrade import degrade_raw, operator_for, parse_spec
 from .demo import grf_covariance, kriging
 from .errors import InputError
+from .lmmse import LinearGaussian, too_large
 from .metrics import (
     coverage,
     exact_sample_coverage,
@@ -28,6 +29,7 @@ from .metrics import (
     known_error,
     mae_missing,
     mean_fill,
+    mean_of_k_psnr_loss_db,
     posterior_mean_mse,
     psnr,
     ratio_of_means_ci,
@@ -80,6 +82,49 @@ def mean_fill_raw(cond_raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean-fill baseline in user units (NaN-free condition where known)."""
     c = torch.from_numpy(np.nan_to_num(np.asarray(cond_raw, dtype=np.float32)))
     return mean_fill(c, torch.from_numpy(np.asarray(mask, dtype=np.float32))).numpy()
+
+
+LMMSE_NAME = "LMMSE (fitted covariance)"
+
+
+def fit_lmmse(data: str, scored_rows: int = 0, chunk: int = 1024) -> tuple[LinearGaussian | None, str | None]:
+    """The LMMSE baseline fitted on training rows, or (None, why not): a dataset directory's train split,
+    or a .npy's rows after the first ``scored_rows`` (which evaluate scores and the fit must not see)."""
+    from .data import DatasetMeta, iter_parquet_batches
+
+    p = Path(data)
+    if p.suffix == ".npy":
+        x = np.load(p, mmap_mode="r")
+        shape = (1, *x.shape[1:]) if x.ndim == 3 else tuple(x.shape[1:])
+        batches = (np.asarray(x[i:i + chunk], np.float64).reshape(-1, *shape) for i in range(scored_rows, len(x), chunk))
+        source = f"rows {scored_rows}.. of {p.name}"
+    else:
+        meta = DatasetMeta.load(p)
+        shape = tuple(meta.doc["shapes"]["target"])
+        if meta.count("train") == 0:
+            return None, "no training rows to fit the covariance on"
+        batches = (b["target"] for b in iter_parquet_batches(meta.split_dir("train"), chunk, columns=["target"]))
+        source = "the train split"
+    if (why := too_large(shape)) is not None:
+        return None, why
+    try:
+        fit = LinearGaussian.fit(batches)
+    except ValueError as e:
+        return None, f"{e} ({source})"
+    return fit, None
+
+
+def lmmse_reconstruct(lmmse: LinearGaussian, cond: np.ndarray, mask: np.ndarray, op=None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """LMMSE mean and std: given the known pixels, or, with a linear ``op`` (``degrade.operator_for``,
+    e.g. super-resolution's pooling), given y = A x, with A built column by column from ``op.A``."""
+    if op is None:
+        return lmmse.predict(cond, mask)
+    d = int(np.prod(lmmse.shape))
+    basis = torch.eye(d, dtype=torch.float64).reshape(d, *lmmse.shape)
+    a = op.A(basis).reshape(d, -1).T.numpy()  # (M, D)
+    y = op.A(torch.from_numpy(np.asarray(cond, np.float64))).reshape(len(cond), -1).numpy()
+    return lmmse.predict_linear(y, a)
 
 
 def kriging_raw(cond_raw: np.ndarray, mask: np.ndarray, demo: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +230,7 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         demo = json.loads(Path(opts.demo_meta).read_text())
     use_bayes = demo is not None and demo.get("kind") == "grf" and mc.in_channels == 1
     avail = available() if opts.baselines else {}
+    lmmse, lmmse_why = fit_lmmse(data, len(target)) if opts.baselines else (None, None)
     w = rec.config.sampler.w if opts.w is None else opts.w
     results, grids = {}, []
     for spec in opts.degrade:
@@ -204,6 +250,12 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
                 rows[name] = score(BASELINES[name](cond, mask), target, mask, norm)
             elif why is not None:
                 rows[name] = {"skipped": why}
+        op = operator_for(spec, torch.from_numpy(cond), torch.from_numpy(mask))
+        if lmmse is not None and (is_mask or op is not None):
+            mu, sd = lmmse_reconstruct(lmmse, cond, mask, op)
+            rows[LMMSE_NAME] = mean_rows(score_rows(mu, target, mask, norm, sd))
+        elif lmmse_why is not None:
+            rows[LMMSE_NAME] = {"skipped": lmmse_why}
         if use_bayes and is_mask:
             kr, kr_std = kriging_raw(cond, mask, demo)
             bayes_rows = score_rows(kr, target, mask, norm, kr_std)
@@ -229,7 +281,9 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
            "units": "PSNR/SSIM in data units with peak " + ", ".join(f"{r:.4g}" for r in norm.target.data_range())
                     + " (hi - lo per channel); MAE/MSE in normalised units",
            "data_range": list(norm.target.data_range()),
-           "results": results, "quality_vs_cost": sweep, "bayes_reference": use_bayes}
+           "results": results, "quality_vs_cost": sweep, "bayes_reference": use_bayes,
+           "lmmse": {"rows": lmmse.rows, "shrinkage": lmmse.shrinkage} if lmmse is not None else None,
+           "mean_of_k_psnr_loss_db": mean_of_k_psnr_loss_db(opts.num_samples)}
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cfgdiff.convert import ConvertOptions, convert
-from cfgdiff.demo import write_demo
+from cfgdiff.demo import KINDS, write_demo
 
 from .common import Progress
 
@@ -22,6 +22,8 @@ from .common import Progress
 @click.option("--mask-from-zeros", is_flag=True, help="Condition == 0 means missing (real zeros then count as missing).")
 @click.option("--normalization", type=click.Choice(["minmax", "meanstd"]), default="minmax", show_default=True)
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Held-out fraction (seeded split).")
+@click.option("--groups", metavar="G.npy", help="One integer id per row (a trajectory, a scene): rows sharing an id "
+              "are kept in one split, so validation never shares a flow with training.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--chunk-rows", type=int, default=4096, show_default=True, help="Rows per chunk (bounds memory).")
 @click.option("--compression", type=click.Choice(["auto", "lz4", "zstd", "none"]), default="auto", show_default=True,
@@ -30,7 +32,7 @@ from .common import Progress
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.pass_context
 def convert_cmd(ctx, target, condition, mask, degrade, out, layout, force_layout, mask_from_zeros, normalization,
-                val_fraction, seed, chunk_rows, compression, overwrite):
+                val_fraction, groups, seed, chunk_rows, compression, overwrite):
     """Convert paired numpy arrays to sharded Parquet for training and inference.
 
     TARGET is the clean array: .npy (memory-mapped), FILE.npz[:KEY], or a directory of .npy shards,
@@ -41,7 +43,7 @@ def convert_cmd(ctx, target, condition, mask, degrade, out, layout, force_layout
     quiet = ctx.obj.get("verbose") is False
     opts = ConvertOptions(condition=condition, mask=mask, degrade=degrade, layout=layout, force_layout=force_layout,
                           mask_from_zeros=mask_from_zeros, normalization=normalization, val_fraction=val_fraction,
-                          seed=seed, chunk_rows=chunk_rows, compression=compression, overwrite=overwrite)
+                          groups=groups, seed=seed, chunk_rows=chunk_rows, compression=compression, overwrite=overwrite)
     bars = {"scan": Progress("scan ", not quiet), "write": Progress("write", not quiet)}
     meta = convert(target, out, opts, progress=lambda phase, done, total: bars[phase](done, total))
     c = meta["counts"]
@@ -51,15 +53,21 @@ def convert_cmd(ctx, target, condition, mask, degrade, out, layout, force_layout
 
 @click.command("demo-data")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory for target.npy.")
-@click.option("--kind", type=click.Choice(["grf", "shapes"]), default="grf", show_default=True,
-              help="grf: Gaussian random fields with an exact covariance; shapes: soft ellipses.")
+@click.option("--kind", type=click.Choice(KINDS), default="grf", show_default=True,
+              help="grf: Gaussian random fields with an exact covariance (the Bayes-limit check); shapes: soft "
+                   "ellipses; turbulence: decaying 2-D Navier-Stokes vorticity (non-Gaussian, with groups.npy).")
 @click.option("--n", type=int, default=2048, show_default=True, help="Number of samples.")
 @click.option("--size", type=int, default=32, show_default=True, help="Image side.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo_data_cmd(out, kind, n, size, seed):
+@click.pass_context
+def demo_data_cmd(ctx, out, kind, n, size, seed):
     """Generate an offline demo dataset (nothing is downloaded)."""
-    meta = write_demo(out, kind=kind, n=n, size=size, seed=seed)
+    bar = Progress("simulate", ctx.obj.get("verbose") is not False, unit="trajectory")
+    meta = write_demo(out, kind=kind, n=n, size=size, seed=seed, progress=bar if kind == "turbulence" else None)
     click.echo(f"wrote {meta['target']} ({n} x 1 x {size} x {size}, {kind})")
+    if "groups" in meta:
+        click.echo(f"wrote {meta['groups']} ({meta['trajectories']} trajectories; vorticity kurtosis "
+                   f"{meta['vorticity_kurtosis']:.1f}, 3 for a Gaussian); convert with --groups {meta['groups']}")
 
 
 COMMANDS = [convert_cmd, demo_data_cmd]

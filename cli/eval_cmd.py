@@ -7,6 +7,7 @@ import click
 from cfgdiff.config import METHODS, PRECISIONS
 from cfgdiff.errors import InputError
 from cfgdiff.evaluate import EvalOptions, run_evaluation
+from cfgdiff.metrics import samples_for_psnr_loss
 
 
 @click.command("evaluate")
@@ -25,7 +26,7 @@ from cfgdiff.evaluate import EvalOptions, run_evaluation
 @click.option("--num-samples", type=int, default=4, show_default=True, help="K samples: posterior mean, std, calibration.")
 @click.option("--sweep", multiple=True, metavar="METHOD:STEPS[:rJ,R]",
               help="Quality against cost on the first degradation, e.g. --sweep ddim:10 --sweep ddpm:1000 --sweep ddim:25:r5,3.")
-@click.option("--no-baselines", is_flag=True, help="Skip the classical baselines.")
+@click.option("--no-baselines", is_flag=True, help="Skip the classical baselines and LMMSE.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Write evaluate.json and evaluate.png here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT/evaluate.json.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -35,8 +36,9 @@ from cfgdiff.evaluate import EvalOptions, run_evaluation
 def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, num_samples, sweep, no_baselines, out,
                  overwrite, seed, gpu, precision):
     """Score reconstructions per degradation against classical baselines (mean-fill, linear
-    interpolation, biharmonic, OpenCV Telea/Navier-Stokes) and, for Gaussian-random-field demo
-    data, against the Bayes optimum (exact kriging posterior).
+    interpolation, biharmonic, OpenCV Telea/Navier-Stokes), the best linear estimator (LMMSE with
+    the covariance fitted on the training rows) and, for Gaussian-random-field demo data, the Bayes
+    optimum (exact kriging posterior).
 
     Runs in this process, not on Ray: it scores one small held-out set many times
     over, which is latency-bound. To reconstruct and score a large set in parallel, run
@@ -59,29 +61,36 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
     sampler = f"{method.upper()} {steps} steps" + (f", eta {eta:g}" if method == "ddim" and eta else "")
     click.echo(f"{doc['rows']} rows, {sampler}, w={doc['w']:g}, K={num_samples}; "
                f"metrics in {doc['units']}")
-    head = f"{'degradation':<16} {'method':<24} {'PSNR':>7} {'SSIM':>6} {'MAE miss':>9} {'MSE/Bayes':>9} {'cover2s':>7}"
+    head = f"{'degradation':<16} {'method':<26} {'PSNR':>7} {'SSIM':>6} {'MAE miss':>9} {'MSE/Bayes':>9} {'cover2s':>7}"
     click.echo(head)
     for spec, rows in doc["results"].items():
         bayes = rows.get("kriging (Bayes optimum)", {}).get("mse_missing")
         for name, r in rows.items():
             if "skipped" in r:
-                click.echo(f"{spec:<16} {name:<24} skipped: {r['skipped']}")
+                click.echo(f"{spec:<16} {name:<26} skipped: {r['skipped']}")
                 continue
             ratio = f"{r['mse_missing'] / bayes:9.2f}" if bayes else f"{'-':>9}"
             cov = f"{r['coverage_2std']:7.3f}" if "coverage_2std" in r else f"{'-':>7}"
-            click.echo(f"{spec:<16} {name:<24} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['mae_missing']:9.4f} {ratio} {cov}")
+            click.echo(f"{spec:<16} {name:<26} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['mae_missing']:9.4f} {ratio} {cov}")
         c = rows.get("cfgdiff", {})
         if "posterior_mean_mse_over_bayes" in c:
             ci = c.get("posterior_mean_mse_over_bayes_ci95")
             ci = f"  95% CI over fields [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-            click.echo(f"{spec:<16} {'posterior mean MSE/Bayes':<24} {c['posterior_mean_mse_over_bayes']:7.3f}{ci}"
+            click.echo(f"{spec:<16} {'posterior mean MSE/Bayes':<26} {c['posterior_mean_mse_over_bayes']:7.3f}{ci}"
                        "  (K-sample noise removed; the plain mean of K carries +1/K)")
         if "std_over_exact_std" in c:
-            click.echo(f"{spec:<16} {'sample std / exact std':<24} {c['std_over_exact_std']:7.3f}  "
+            click.echo(f"{spec:<16} {'sample std / exact std':<26} {c['std_over_exact_std']:7.3f}  "
                        f"(exact samples score {c['std_over_exact_std_of_exact_samples']:.3f} at K={doc['num_samples']})")
         if "coverage_2std_of_exact_samples" in c:
-            click.echo(f"{spec:<16} {'coverage 2 std':<24} {c['coverage_2std']:7.3f}  "
+            click.echo(f"{spec:<16} {'coverage 2 std':<26} {c['coverage_2std']:7.3f}  "
                        f"(exact samples score {c['coverage_2std_of_exact_samples']:.3f} at K={doc['num_samples']})")
+    if doc["lmmse"]:
+        click.echo(f"LMMSE: mean and covariance fitted on {doc['lmmse']['rows']} training rows, shrinkage "
+                   f"{doc['lmmse']['shrinkage']:g} towards the diagonal (chosen on held-out training rows)")
+    K = num_samples
+    click.echo(f"mean of K={K} samples: at best {doc['mean_of_k_psnr_loss_db']:.2f} dB below the posterior mean "
+               f"(MSE x (1 + 1/K)); K for a loss of 0.5 / 0.25 / 0.1 dB: "
+               + " / ".join(str(samples_for_psnr_loss(d)) for d in (0.5, 0.25, 0.1)))
     for r in doc["quality_vs_cost"]:
         click.echo(f"sweep {r['sampler']:<16} {r['model_calls']:>5} model calls/image  PSNR {r['psnr']:.2f}  "
                    f"({r['seconds']:.1f} s)")

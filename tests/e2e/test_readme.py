@@ -30,7 +30,7 @@ SKIPS = {"make run and make test are the bootstrap and CI's own commands", "need
 # option -> {value in the README: tiny value}
 SIZES = {
     "--steps": {"2000": "4", "4000": "6", "20": "2"},
-    "--n": {"32768": "96"},
+    "--n": {"32768": "96", "4096": "64"},
     "--trials": {"4": "1"},
     "--epochs": {"3": "1"},
     "--w-grid": {"0,0.5,1,1.5,2,3,5": "0,1"},

@@ -151,3 +151,20 @@ def test_hparams_report_validation_scores_at_the_tuned_w():
     assert hp["w"] == 2.0 and m == {"val_psnr": 22.0, "val_ssim": 0.6, "val_mae_missing": 0.2, "loss": 0.1}
     hp, m = _hparams(cfg, {"psnr": 20.0, "ssim": 0.5, "mae_missing": 0.3}, {})
     assert hp["w"] == cfg.sampler.w and m["val_psnr"] == 20.0 and m["loss"] is None
+
+
+def test_turbulence_demo_and_convert_groups(tmp_path, capsys):
+    code, out, _ = run(["demo-data", "--kind", "turbulence", "--out", str(tmp_path / "raw"), "--n", "64", "--size",
+                        "8"], capsys)
+    raw = tmp_path / "raw"
+    assert code == 0 and "2 trajectories" in out and f"--groups {raw / 'groups.npy'}" in out
+    code, out, _ = run(["--quiet", "convert", str(raw / "target.npy"), "--degrade", "drop:0.8", "--groups",
+                        str(raw / "groups.npy"), "--val-fraction", "0.3", "--out", str(tmp_path / "ds")], capsys)
+    assert code == 0 and "32 train + 32 val rows" in out  # one whole trajectory held out
+    np.save(tmp_path / "bad.npy", np.zeros(63, np.int64))
+    code, _, err = run(["convert", str(raw / "target.npy"), "--groups", str(tmp_path / "bad.npy"), "--out",
+                        str(tmp_path / "ds2")], capsys)
+    assert code == 2 and "expected shape (64,) of integers" in err and "found shape (63,)" in err
+    assert not (tmp_path / "ds2").exists(), "nothing written before the groups were validated"
+    code, _, err = run(["demo-data", "--kind", "turbulence", "--out", str(tmp_path / "r2"), "--size", "10"], capsys)
+    assert code == 2 and "multiple of 4" in err

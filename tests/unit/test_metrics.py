@@ -10,10 +10,12 @@ from cfgdiff.metrics import (
     known_error,
     mae_missing,
     mean_fill,
+    mean_of_k_psnr_loss_db,
     posterior_mean_mse,
     psnr,
     ratio_of_means_ci,
     rmse_missing,
+    samples_for_psnr_loss,
     ssim,
     std_error_correlation,
 )
@@ -179,3 +181,19 @@ def test_posterior_mean_mse_removes_the_k_sample_noise():
     assert abs(est - exact) < 0.01
     with pytest.raises(ValueError, match="num_samples"):
         posterior_mean_mse(mean, std, x, mask, 1)
+
+
+def test_mean_of_k_samples_loses_10log10_1_plus_1_over_k():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, generator=g, dtype=torch.float64)  # truth and K samples: i.i.d. from the posterior
+    for K in (1, 4, 16):
+        mean_k = torch.randn(200_000, K, generator=g, dtype=torch.float64).mean(1)
+        db = 10 * math.log10(((mean_k - x) ** 2).mean().item() / (x**2).mean().item())  # posterior mean = 0
+        assert db == pytest.approx(mean_of_k_psnr_loss_db(K), abs=0.03)
+    assert mean_of_k_psnr_loss_db(4) == pytest.approx(0.9691, abs=1e-4)
+    for db in (0.5, 0.25, 0.1, 1.0):
+        K = samples_for_psnr_loss(db)
+        assert mean_of_k_psnr_loss_db(K) <= db and (K == 1 or db < mean_of_k_psnr_loss_db(K - 1))
+    assert [samples_for_psnr_loss(d) for d in (0.5, 0.25, 0.1)] == [9, 17, 43]
+    with pytest.raises(ValueError):
+        samples_for_psnr_loss(0.0)
