@@ -13,13 +13,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .augment import AUGMENTS
 from .errors import InputError
 
 FORMAT_VERSION = 1
 
 
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where it is native (engine.native_bf16), fp32 elsewhere
-METHODS = ("ddim", "ddpm", "dpm2m")  # samplers (cfgdiff.sampling); dpm2m = DPM-Solver++(2M)
+METHODS = ("ddim", "ddpm", "dpm2m", "dpm2m-sde")  # samplers (cfgdiff.sampling); dpm2m = DPM-Solver++(2M)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -90,7 +91,8 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    method: Literal["ddim", "ddpm", "dpm2m"] = "ddim"  # reverse process (dpm2m: DPM-Solver++(2M), deterministic)
+    method: Literal["ddim", "ddpm", "dpm2m", "dpm2m-sde"] = "ddim"  # reverse process (dpm2m: DPM-Solver++(2M),
+    # deterministic; dpm2m-sde: its stochastic form)
     steps: int = 50  # number of denoising steps (DDPM: T unless respaced)
     eta: float = 0.0  # DDIM stochasticity, eq. 16; 1 = DDPM variance
     w: float = 1.0  # guidance: eps_u + w (eps_c - eps_u); 0 uncond, 1 cond
@@ -128,6 +130,7 @@ class TrainConfig:
     channels_last: bool = True  # channels_last memory format (faster convolutions on CPU and GPU)
     seed: int = 0  # base seed (rank r uses seed + 1000 r)
     degrade: str = "mix:drop:0.8,box:0.4,sensors:64,half:1"  # used when data holds only targets
+    augment: str = "none"  # symmetry augmentation per row: none, flips, rot90 or d4 (cfgdiff.augment)
     log_every: int = 50  # console/TensorBoard cadence in steps
     checkpoint_every: int = 500  # report a checkpoint every N steps (0 = at epoch ends only)
     keep_checkpoints: int = 2  # checkpoints kept by Ray Train
@@ -153,6 +156,7 @@ class TrainConfig:
         _check(self.val_samples >= 1 and self.val_steps >= 1 and self.val_batches >= 1,
                "train.val_samples, train.val_steps and train.val_batches must be >= 1")
         _check(self.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
+        _check(self.augment in AUGMENTS, f"train.augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Samplers: DDPM and DDIM with classifier-free guidance, inpainting projection, RePaint resampling
-and a DDNM-style consistency step for linear operators.
+"""Samplers: DDPM, DDIM, DPM-Solver++(2M) and its SDE form, with classifier-free guidance, inpainting
+projection, RePaint resampling and a DDNM-style consistency step for linear operators.
 
 One contract: ``sample(model, cond, mask, *, schedule, ...) -> SampleResult``, where ``model`` is
 any callable ``model(x_t, t, cond, mask) -> eps or v``.
@@ -94,6 +94,16 @@ class NoiseSource:
                             for g in self.generators])
 
 
+def _lambda_step(ab_t: float, ab_s: float) -> tuple[float, tuple[float, float, float, float] | None]:
+    """lambda_t = log(alpha_t / sigma_t) and, unless s is the clean level, (alpha_s, sigma_s, sigma_t, h)."""
+    a_t, s_t = math.sqrt(ab_t), math.sqrt(max(1.0 - ab_t, 0.0))
+    lam_t = math.log(a_t / s_t)
+    if ab_s >= 1.0:
+        return lam_t, None
+    a_s, s_s = math.sqrt(ab_s), math.sqrt(1.0 - ab_s)
+    return lam_t, (a_s, s_s, s_t, math.log(a_s / s_s) - lam_t)
+
+
 def dpm_solver_2m_step(x: torch.Tensor, x0: torch.Tensor, ab_t: float, ab_s: float,
                        prev: tuple[float, torch.Tensor] | None) -> tuple[torch.Tensor, tuple[float, torch.Tensor]]:
     """One DPM-Solver++(2M) step from level t to the less noisy level s (Lu et al. 2211.01095, Alg. 2).
@@ -103,17 +113,38 @@ def dpm_solver_2m_step(x: torch.Tensor, x0: torch.Tensor, ab_t: float, ab_s: flo
     and afterwards ``D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev`` with r = h_prev / h. The step to the clean
     level (sigma_s = 0, h infinite) is first order: x_s = x0_t. ``prev`` is (lambda, x0) of the last step.
     """
-    a_t, s_t = math.sqrt(ab_t), math.sqrt(max(1.0 - ab_t, 0.0))
-    lam_t = math.log(a_t / s_t)
-    if ab_s >= 1.0:
+    lam_t, step = _lambda_step(ab_t, ab_s)
+    if step is None:
         return x0, (lam_t, x0)
-    a_s, s_s = math.sqrt(ab_s), math.sqrt(1.0 - ab_s)
-    h = math.log(a_s / s_s) - lam_t
+    a_s, s_s, s_t, h = step
     d = x0
     if prev is not None:
         half_inv_r = h / (2.0 * (lam_t - prev[0]))  # 1 / (2 r)
         d = (1.0 + half_inv_r) * x0 - half_inv_r * prev[1]
     return (s_s / s_t) * x - a_s * math.expm1(-h) * d, (lam_t, x0)
+
+
+def dpm_solver_2m_sde_step(x: torch.Tensor, x0: torch.Tensor, ab_t: float, ab_s: float,
+                           prev: tuple[float, torch.Tensor] | None, noise: Callable[[], torch.Tensor]
+                           ) -> tuple[torch.Tensor, tuple[float, torch.Tensor]]:
+    """One SDE-DPM-Solver++(2M) step from level t to the less noisy level s (Lu et al. 2211.01095, sec. 5 and
+    App. B; the midpoint form of k-diffusion's ``sample_dpmpp_2m_sde`` with eta = 1):
+
+        x_s = (sigma_s / sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) D + sigma_s sqrt(1 - e^{-2h}) z,
+
+    D = x0_t on the first step, where the update is exactly DDPM's posterior q(x_s | x_t, x0) (tested), and
+    afterwards D = x0_t + (x0_t - x0_prev) / (2 r), r = h_prev / h. The step to the clean level returns x0_t.
+    """
+    lam_t, step = _lambda_step(ab_t, ab_s)
+    if step is None:
+        return x0, (lam_t, x0)
+    a_s, s_s, s_t, h = step
+    one_m = -math.expm1(-2.0 * h)  # 1 - e^{-2h}
+    d = x0
+    if prev is not None:
+        d = x0 + (h / (2.0 * (lam_t - prev[0]))) * (x0 - prev[1])
+    x_s = (s_s / s_t) * math.exp(-h) * x + a_s * one_m * d + s_s * math.sqrt(one_m) * noise()
+    return x_s, (lam_t, x0)
 
 
 def timestep_sequence(T: int, steps: int) -> list[int]:
@@ -197,8 +228,8 @@ def _move_coefficients(ab: torch.Tensor, moves, method: str, eta: float) -> list
         if k2 < k:  # re-noise: q(x_s | x_t) for s noisier than t
             ratio = ab_s / ab_t
             coefs.append((math.sqrt(ratio), 0.0, 0.0, math.sqrt(max(1.0 - ratio, 0.0))))
-        elif method == "dpm2m":
-            coefs.append((0.0, 0.0, 0.0, 0.0))  # deterministic; the update is dpm_solver_2m_step
+        elif method in ("dpm2m", "dpm2m-sde"):
+            coefs.append((0.0, 0.0, 0.0, 0.0))  # unused: the update is dpm_solver_2m_step or its SDE form
         elif method == "ddim":
             # DDIM eq. (16): sigma = eta sqrt((1-ab_s)/(1-ab_t)) sqrt(1 - ab_t/ab_s); eq. (12) update
             sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
@@ -281,6 +312,8 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
                 x0_hat = x0_hat + operator.A_pinv(operator.y - operator.A(x0_hat))
             if method == "dpm2m":
                 x_new, history = dpm_solver_2m_step(x, x0_hat, float(ab[k]), float(ab[k2]), history)
+            elif method == "dpm2m-sde":
+                x_new, history = dpm_solver_2m_sde_step(x, x0_hat, float(ab[k]), float(ab[k2]), history, noise)
             else:
                 eps_hat = sched.predict_eps(x, t, x0_hat)  # re-derive eps from the final x0 (DDIM eq. 12)
                 x_new = a * x0_hat + b * eps_hat + c * x

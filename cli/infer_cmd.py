@@ -50,7 +50,8 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--model-batch", type=int, default=8, show_default=True,
               help="Rows per network call; fixed so CPU output is bit-identical for any batch size (0 = whole batch).")
 @click.option("--method", type=click.Choice(METHODS), default=None,
-              help="Sampler (default: checkpoint's); dpm2m = DPM-Solver++(2M), deterministic, second order.")
+              help="Sampler (default: checkpoint's); dpm2m = DPM-Solver++(2M), deterministic, second order; "
+                   "dpm2m-sde = its stochastic form, for spread at few steps.")
 @click.option("--steps", type=int, default=None, help="Denoising steps (default: checkpoint's).")
 @click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
 @click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")

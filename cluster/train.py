@@ -22,6 +22,7 @@ from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from cfgdiff.augment import needs_square
 from cfgdiff.checkpoint import load_checkpoint, load_training_state
 from cfgdiff.config import ExperimentConfig, apply_overrides
 from cfgdiff.data import DatasetMeta, decode_batch, read_split
@@ -69,6 +70,9 @@ def config_for_data(meta: DatasetMeta, base: ExperimentConfig, overrides: list[s
         raise InputError(f"--data {meta.root}: {e}") from None
     cfg = apply_overrides(cfg, overrides)
     check_data_matches(meta, cfg)
+    if needs_square(cfg.train.augment) and H != W:
+        raise InputError(f"--set train.augment={cfg.train.augment}: rotations need square fields, the data are "
+                         f"{H}x{W}; use flips")
     if not meta.has_condition:
         parse_spec(cfg.train.degrade)  # targets-only data is degraded on the fly
     return cfg

@@ -22,6 +22,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from cfgdiff.augment import augment_rows
 from cfgdiff.checkpoint import load_training_state, write_checkpoint_files
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.data import decode_batch
@@ -189,6 +190,7 @@ def train_loop_per_worker(lc: dict) -> dict:
             epoch_step += 1
             b = _with_condition(decode_batch(raw, norm, device, where=lc.get("data_name", "dataset")), tc.degrade,
                                 tc.seed, epoch)
+            b = augment_rows(b, tc.augment, torch.Generator().manual_seed(_step_seed(tc.seed, rank, step) ^ 0xA116))
             timer.mark("data_wait", device)
             out = core_train_step(model, opt, sched, schedule, b["x0"], b["cond"], b["mask"], cfg,
                                   generator=_step_generator(device, tc.seed, rank, step),

@@ -115,8 +115,9 @@ def test_resume_continues_step_count_and_lr_schedule_exactly(ray_session, tiny_d
 
 
 def test_uri_storage_gets_checkpoints_and_export(ray_session, tiny_data, tmp_path):
-    """--storage accepts pyarrow-filesystem URIs; rank 0 uploads the export and TensorBoard logs."""
-    cfg = tiny_config(tiny_data, "train.max_steps=6", "train.checkpoint_every=0")
+    """--storage accepts pyarrow-filesystem URIs; rank 0 uploads the export and TensorBoard logs. (This run
+    also trains with train.augment=d4, so the augmentation runs inside a real Train worker.)"""
+    cfg = tiny_config(tiny_data, "train.max_steps=6", "train.checkpoint_every=0", "train.augment=d4")
     uri = f"file://{tmp_path}/remote"
     s = run_training(TrainJob(data_dir=str(tiny_data), config=cfg, run_name="u", storage=uri, workers=1))
     assert s["export_dir"] == f"{uri}/u/export" and s["step"] == 6
@@ -124,6 +125,23 @@ def test_uri_storage_gets_checkpoints_and_export(ray_session, tiny_data, tmp_pat
     assert (run / "export" / "model.safetensors").exists() and list((run / "tensorboard").glob("events.*"))
     assert list(run.glob("step_*/model.safetensors")), "Ray Train persisted the checkpoint to the URI"
     assert cfgdiff.load(str(run / "export")).config.train.max_steps == 6
+    assert cfgdiff.load(str(run / "export")).config.train.augment == "d4"
+
+
+def test_rotations_need_square_fields(tmp_path):
+    from cfgdiff.config import ExperimentConfig
+    from cfgdiff.convert import ConvertOptions, convert
+    from cfgdiff.data import DatasetMeta
+    from cfgdiff.errors import InputError
+    from cluster.train import config_for_data
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((20, 8, 12)).astype(np.float32))
+    convert(str(tmp_path / "x.npy"), tmp_path / "ds", ConvertOptions(val_fraction=0.0))
+    meta = DatasetMeta.load(tmp_path / "ds")
+    base = ExperimentConfig()
+    with pytest.raises(InputError, match="rotations need square fields, the data are 8x12"):
+        config_for_data(meta, base, ["train.augment=rot90"])
+    assert config_for_data(meta, base, ["train.augment=flips"]).train.augment == "flips"
 
 
 def test_relative_storage_paths_resolve_on_the_driver(ray_session, tiny_data, tmp_path, monkeypatch):
