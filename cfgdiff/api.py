@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -21,7 +22,10 @@ from .errors import InputError
 from .normalize import Normalization
 from .sampling import sample
 from .schedule import NoiseSchedule
+from .tiling import TiledDenoiser, plan_tiling
 from .validate import check_observations
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,17 +105,21 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
                            known: torch.Tensor | None, index: Sequence[int], sampler: SamplerConfig, *,
                            in_channels: int, prediction: str, num_samples: int = 1, seed: int = 0,
                            degrade_spec: str | None = None, progress: Callable | None = None,
-                           model_batch: int = 0, clip_range=(-1.0, 1.0)) -> tuple[torch.Tensor, int]:
+                           model_batch: int = 0, clip_range=(-1.0, 1.0), tile: int | None = None,
+                           overlap: int = 0) -> tuple[torch.Tensor, int]:
     """K samples per row in normalised units, shape (N, K, C, H, W).
 
     Sample k of global row i draws from the stream keyed by (seed, i * K + k); with ``model_batch > 0`` the network
     runs on fixed-size chunks (``FixedBatch``), so on CPU the output is bit-identical for any batch
-    size or worker count.
+    size or worker count. With ``tile`` the network sees overlapping tile x tile windows (``TiledDenoiser``),
+    batched ``model_batch`` windows per call.
     """
     if resolve_precision(sampler.precision, cond.device) == "bf16":
         model = Autocast(model, cond.device.type)
     if model_batch > 0:
         model = FixedBatch(model, model_batch)
+    if tile is not None:
+        model = TiledDenoiser(model, tile, overlap)
     N, _, H, W = cond.shape
     K = num_samples
     rep = lambda t: t.repeat_interleave(K, dim=0) if t is not None else None
@@ -159,13 +167,18 @@ class Reconstructor:
                     w: float | None = None, num_samples: int = 1, seed: int = 0, method: str | None = None,
                     eta: float | None = None, resample: tuple[int, int] | None = None,
                     degrade_spec: str | None = None, batch_size: int = 64, model_batch: int = 8,
-                    precision: str | None = None) -> Reconstruction:
-        """Reconstruct from ``cond`` (N[, C_c], H, W), NaN = unknown, and optional ``mask`` (1 = known)."""
+                    precision: str | None = None, tile: int | None = None,
+                    overlap: int | None = None) -> Reconstruction:
+        """Reconstruct from ``cond`` (N[, C_c], H, W), NaN = unknown, and optional ``mask`` (1 = known).
+
+        Fields of another size than the training size need ``tile``: the network then denoises overlapping
+        tile x tile windows (``overlap`` pixels, default tile // 4) fused at every step (``cfgdiff.tiling``).
+        """
         mc = self.ckpt.config.model
         cond_raw = as_nchw(cond, mc.cond_channels, "cond")
-        if tuple(cond_raw.shape[2:]) != tuple(mc.image_size):
-            raise InputError(f"cond is {cond_raw.shape[2]}x{cond_raw.shape[3]}, the model was trained on "
-                             f"{mc.image_size[0]}x{mc.image_size[1]}")
+        tile, overlap, warnings = plan_tiling(cond_raw.shape[2:], mc.image_size, tile, overlap)
+        for msg in warnings:
+            logger.warning(msg)
         mask_a = as_nchw(mask, 1, "mask") if mask is not None else None
         if len(cond_raw) == 0:
             raise InputError("cond holds 0 rows; pass at least one")
@@ -191,7 +204,7 @@ class Reconstructor:
                                               range(a, min(a + batch_size, len(cond_raw))), s,
                                               in_channels=mc.in_channels, prediction=mc.prediction,
                                               num_samples=num_samples, seed=seed, degrade_spec=degrade_spec,
-                                              model_batch=model_batch,
+                                              model_batch=model_batch, tile=tile, overlap=overlap,
                                               clip_range=self.ckpt.normalization.target.clip_bounds())
             outs.append(x.cpu())
         samples, mean, std = finalize(torch.cat(outs), self.ckpt.normalization, cond_raw, mask_t)

@@ -32,7 +32,7 @@ def _check(cond: bool, msg: str) -> None:
 class ModelConfig:
     in_channels: int = 1  # target channels C
     cond_channels: int = 1  # condition channels C_c (may differ from C)
-    image_size: tuple[int, int] = (32, 32)  # (H, W); each divisible by 2**(len(dim_mults)-1)
+    image_size: tuple[int, int] = (32, 32)  # (H, W), any sizes: the network pads to a multiple of 2**(levels-1)
     dim: int = 48  # base channel width
     dim_mults: tuple[int, ...] = (1, 2, 4)  # width multiplier per resolution level
     num_res_blocks: int = 2  # residual blocks per level
@@ -70,11 +70,6 @@ class ModelConfig:
             _check((self.dim * m) % self.groups == 0,
                    f"model.groups={self.groups} must divide every level width dim*mult, got {self.dim * m}")
         _check(self.prediction in ("eps", "v"), f"model.prediction must be eps or v, got {self.prediction!r}")
-        f = 2 ** (len(self.dim_mults) - 1)
-        H, W = self.image_size
-        _check(H % f == 0 and W % f == 0,
-               f"model.image_size {H}x{W} must be divisible by {f} = 2**(levels-1) for "
-               f"dim_mults={self.dim_mults}; e.g. {max(f, H // f * f)}x{max(f, W // f * f)}")
 
 
 @dataclass(frozen=True)

@@ -81,14 +81,9 @@ class ConditionalUNet(nn.Module):
 
     def check_inputs(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> None:
         cfg = self.cfg
-        f = 2 ** (len(cfg.dim_mults) - 1)
         if x_t.ndim != 4 or x_t.shape[1] != cfg.in_channels:
             raise ValueError(f"x_t must be (B, {cfg.in_channels}, H, W), got {tuple(x_t.shape)}")
         B, _, H, W = x_t.shape
-        if H % f or W % f:
-            raise ValueError(f"H and W must be divisible by {f} for dim_mults={cfg.dim_mults}; got {H}x{W}, "
-                             f"nearest sizes that work: {H // f * f or f}x{W // f * f or f} or "
-                             f"{(H // f + 1) * f}x{(W // f + 1) * f}")
         if tuple(cond.shape) != (B, cfg.cond_channels, H, W):
             raise ValueError(f"cond must be {(B, cfg.cond_channels, H, W)}, got {tuple(cond.shape)}")
         if tuple(mask.shape) != (B, 1, H, W):
@@ -97,8 +92,20 @@ class ConditionalUNet(nn.Module):
             raise ValueError(f"t must be ({B},), got {tuple(t.shape)}")
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x_t (B, C, H, W), t (B,) int, cond (B, C_c, H, W), mask (B, 1, H, W) -> (B, C, H, W)."""
+        """x_t (B, C, H, W), t (B,) int, cond (B, C_c, H, W), mask (B, 1, H, W) -> (B, C, H, W), for any H, W.
+
+        Sides that are not multiples of 2**(levels-1) are padded (``pad_to_multiple``: reflected x_t and cond,
+        mask 0 on the padding, so the network sees padded pixels as unobserved) and the output is cropped back.
+        """
         self.check_inputs(x_t, t, cond, mask)
+        H, W = x_t.shape[-2:]
+        pads = padding_for(H, W, 2 ** (len(self.cfg.dim_mults) - 1))
+        if any(pads):
+            x_t, cond, mask = pad_to_multiple(x_t, pads), pad_to_multiple(cond, pads), pad_to_multiple(mask, pads, 0.0)
+        out = self._forward(x_t, t, cond, mask)
+        return out[..., pads[2]:pads[2] + H, pads[0]:pads[0] + W] if any(pads) else out
+
+    def _forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         emb = self.time(t)
         h = self.init_conv(torch.cat([x_t, cond, mask], 1) if self.cfg.use_concat else x_t)
         ctrl = self.control(cond, mask) if self.control is not None else None
@@ -134,6 +141,21 @@ class ConditionalUNet(nn.Module):
         if level.cross is not None:
             h = level.cross(h, ctx)
         return h
+
+
+def padding_for(H: int, W: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding that makes H and W multiples of ``multiple``, split evenly."""
+    ph, pw = -H % multiple, -W % multiple
+    return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+
+
+def pad_to_multiple(x: torch.Tensor, pads: tuple[int, int, int, int], value: float | None = None) -> torch.Tensor:
+    """Reflect-pad x (replicate where a side is too short to reflect), or pad with a constant ``value``."""
+    if value is not None:
+        return torch.nn.functional.pad(x, pads, value=value)
+    H, W = x.shape[-2:]
+    mode = "reflect" if max(pads[:2]) < W and max(pads[2:]) < H else "replicate"
+    return torch.nn.functional.pad(x, pads, mode=mode)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -60,13 +60,16 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
               help="Network precision: bf16 autocast; auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp32 "
                    "elsewhere (default: the checkpoint's sampler.precision).")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="K samples per row (mean and std maps).")
+@click.option("--tile", type=int, default=None, help="Denoise overlapping TILE x TILE windows, fused at every step: "
+              "for fields larger than the training size (any size >= TILE).")
+@click.option("--overlap", type=int, default=None, help="Window overlap in pixels with --tile [default: TILE // 4].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--from-tune", type=click.Path(), help="Use best.json of a `cfgdiff tune` directory (checkpoint, w).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.pass_context
 def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, dashboard, actors, gpu,
               gpus_per_actor, threads_per_actor, limit, batch_size, model_batch, method, steps, eta, w, resample,
-              precision, num_samples, seed, from_tune, overwrite):
+              precision, num_samples, tile, overlap, seed, from_tune, overwrite):
     """Reconstruct a batch of observations in parallel on Ray actors (CHECKPOINT or --from-tune)."""
     from cluster.infer import InferJob, run_inference
     from cluster.runtime import start_ray, stop_ray
@@ -95,7 +98,7 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
                    actors=actors, gpus_per_actor=gpus_per_actor or (1.0 if gpu else 0.0),
                    threads_per_actor=threads_per_actor, limit=limit,
                    batch_size=batch_size, model_batch=model_batch, sampler=sampler, num_samples=num_samples,
-                   seed=seed, overwrite=overwrite)
+                   seed=seed, overwrite=overwrite, tile=tile, overlap=overlap)
     info = start_ray(ray_address, num_cpus, dashboard=dashboard,
                      quiet=click.get_current_context().obj.get("verbose") is not True)
     bar = Progress("reconstruct", ctx.obj.get("verbose") is not False)

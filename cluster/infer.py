@@ -18,6 +18,7 @@ the stream keyed by (seed, i K + k) in the core sampler, so outputs do not depen
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -41,8 +42,10 @@ from cfgdiff.degrade import row_kinds
 from cfgdiff.errors import InputError
 from cfgdiff.metrics import coverage, known_error, mae_missing, psnr, ssim, std_error_correlation
 from cfgdiff.schedule import NoiseSchedule
+from cfgdiff.tiling import plan_tiling
 from cfgdiff.validate import check_observations
 
+logger = logging.getLogger("cfgdiff.infer")
 
 @dataclass
 class InferJob:
@@ -66,6 +69,8 @@ class InferJob:
     grid_rows: int = 8  # rows in the PNG grid
     limit: int | None = None  # reconstruct only the first N rows (by row index)
     fail_once_marker: str | None = None  # test hook: first actor call dies once
+    tile: int | None = None  # denoise overlapping tile x tile windows (fields larger than the training size)
+    overlap: int | None = None  # window overlap in pixels (default tile // 4)
 
 
 def _side(out: Path, suffix: str) -> Path:
@@ -126,9 +131,15 @@ def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
     if not meta.has_condition:
         raise InputError(f"--input {job.input}: holds no conditions or masks; pass --degrade SPEC to make them")
     shp = meta.doc["shapes"]["condition"]
-    if shp[0] != mc.cond_channels or tuple(shp[1:]) != tuple(mc.image_size):
-        raise InputError(f"--input {job.input}: conditions are {shp[0]}x{shp[1]}x{shp[2]} (C x H x W) but the "
-                         f"checkpoint expects {mc.cond_channels}x{mc.image_size[0]}x{mc.image_size[1]}")
+    if shp[0] != mc.cond_channels:
+        raise InputError(f"--input {job.input}: conditions have {shp[0]} channels (C x H x W = "
+                         f"{shp[0]}x{shp[1]}x{shp[2]}) but the checkpoint expects {mc.cond_channels}")
+    try:
+        job.tile, job.overlap, warnings = plan_tiling(tuple(shp[1:]), mc.image_size, job.tile, job.overlap)
+    except InputError as e:
+        raise InputError(f"--input {job.input}: {e}") from None
+    for msg in warnings:
+        logger.warning(msg)
     t = meta.doc["shapes"].get("target")
     if t and t[0] != mc.in_channels:
         raise InputError(f"--input {job.input}: targets have {t[0]} channels, the checkpoint {mc.in_channels}")
@@ -159,13 +170,13 @@ class Inpainter:
     """
 
     def __init__(self, sampler: dict, num_samples: int, seed: int, degrade: str | None, threads: int,
-                 fail_once_marker: str | None, model_batch: int = 8):
+                 fail_once_marker: str | None, model_batch: int = 8, tile: int | None = None, overlap: int = 0):
         torch.set_num_threads(threads)
         self.ckpt = self.model = None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.sampler = SamplerConfig(**{**sampler, "resample": tuple(sampler["resample"]) if sampler["resample"] else None})
         self.K, self.seed, self.degrade, self.fail = num_samples, seed, degrade, fail_once_marker
-        self.model_batch = model_batch
+        self.model_batch, self.tile, self.overlap = model_batch, tile, overlap
 
     def _load(self, ckpt_files: dict[str, bytes]) -> None:
         with tempfile.TemporaryDirectory(prefix="cfgdiff-ckpt-") as d:
@@ -192,6 +203,7 @@ class Inpainter:
                                           batch["index"].tolist(), self.sampler, in_channels=mc.in_channels,
                                           prediction=mc.prediction, num_samples=self.K, seed=self.seed,
                                           degrade_spec=self.degrade, model_batch=self.model_batch,
+                                          tile=self.tile, overlap=self.overlap,
                                           clip_range=norm.target.clip_bounds())
         samples, mean, std = finalize(x.cpu(), norm, cond_raw, mask_t)
         out = {"index": batch["index"], "reconstruction": mean if self.K > 1 else samples[:, 0],
@@ -278,14 +290,14 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
     if job.limit is not None:
         index = index[:job.limit]
     N = len(index)
-    C, (H, W), K = ckpt.config.model.in_channels, ckpt.config.model.image_size, job.num_samples
+    C, (H, W), K = ckpt.config.model.in_channels, meta.doc["shapes"]["condition"][1:], job.num_samples
     _check_resources(job)
     ref = ray.put(_ckpt_files(job.checkpoint))  # sent with every call: a restarted actor reloads from it
     actor_cls = ray.remote(num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None, max_restarts=3,
                            max_task_retries=3)(Inpainter)
     args = dict(sampler=dict(job.sampler.__dict__), num_samples=K, seed=job.seed,
                 degrade=meta.doc.get("degrade"), threads=job.threads_per_actor, fail_once_marker=job.fail_once_marker,
-                model_batch=job.model_batch)
+                model_batch=job.model_batch, tile=job.tile, overlap=job.overlap)
     actors = [actor_cls.remote(**args) for _ in range(job.actors)]
     rec = np.lib.format.open_memmap(tmp / "rec.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W))
     std = np.lib.format.open_memmap(tmp / "std.npy", mode="w+", dtype=np.float32, shape=(N, C, H, W)) if K > 1 else None
