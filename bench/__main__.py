@@ -1,4 +1,4 @@
-"""`python -m bench [sampler|model|data|scaling|startup|all] [--device cpu|cuda] [--precision fp32|bf16] [--record]`.
+"""`python -m bench [sampler|model|data|scaling|startup|presets|all] [--device cpu|cuda] [--precision fp32|bf16] [--record]`.
 
 Prints tables of measured figures; --record appends them to bench/RESULTS.md with the machine,
 torch version and command. Nothing here passes or fails on time.
@@ -18,12 +18,13 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", default=["all"],
                    choices=["all", "sampler", "model", "data", "scaling", "startup", "gap", "peers-sampling",
-                            "precision"])
+                            "precision", "presets"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
     p.add_argument("--batch", type=int, nargs="*", default=[32], help="batch sizes for the model benchmark")
     p.add_argument("--no-peers", action="store_true", help="skip the peer libraries in the model benchmark")
+    p.add_argument("--size", type=int, default=64, help="field side for the presets benchmark")
     p.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -51,6 +52,10 @@ def main() -> None:
             from . import precision
 
             title, body = "bf16 autocast vs fp32: speed and loss curve", precision.run()
+        elif w == "presets":
+            from . import presets
+
+            title, body = f"Architecture presets at {a.size}x{a.size}", presets.run(a.device, a.size)
         elif w == "gap":
             from . import gap
 

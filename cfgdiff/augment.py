@@ -1,4 +1,4 @@
-"""Training-time augmentation by the symmetries of the data (``train.augment``).
+"""Training-time augmentation: the symmetries of the data (``train.augment``) and random crops (``train.crop``).
 
 Each row gets one element of a symmetry group of the square, drawn from the step's generator, and
 the same element is applied to its target, condition and mask, so the pairing between them is kept.
@@ -50,4 +50,26 @@ def augment_rows(batch: dict[str, torch.Tensor], kind: str, generator: torch.Gen
             if len(rows):
                 y[rows] = apply_element(x[rows], k)
         out[key] = y
+    return out
+
+
+def crop_rows(batch: dict[str, torch.Tensor], size: tuple[int, int], generator: torch.Generator | None = None,
+              keys: tuple[str, ...] = ("x0", "cond", "mask")) -> dict[str, torch.Tensor]:
+    """Cut an ``size`` = (h, w) window out of every row (``train.crop``), the same window for each of ``keys``
+    present in the batch. With a generator each row gets its own uniformly drawn window (training);
+    without one, every row gets the centre window (validation, so that its metrics are comparable)."""
+    h, w = size
+    keys = tuple(k for k in keys if k in batch)
+    n, _, H, W = batch[keys[0]].shape
+    if (h, w) == (H, W):
+        return batch
+    if generator is None:
+        tops, lefts = [(H - h) // 2] * n, [(W - w) // 2] * n
+    else:
+        tops = torch.randint(H - h + 1, (n,), generator=generator).tolist()
+        lefts = torch.randint(W - w + 1, (n,), generator=generator).tolist()
+    out = dict(batch)
+    for key in keys:
+        x = batch[key]
+        out[key] = torch.stack([x[i, :, t:t + h, l:l + w] for i, (t, l) in enumerate(zip(tops, lefts))])
     return out

@@ -53,6 +53,7 @@ class ModelConfig:
     # true posterior spread (eps), against ~1.1x the spread (v). The v loss is the eps loss weighted
     # by 1/alpha_t^2, since eps - eps_hat = alpha_t (v - v_hat).
     prediction: Literal["eps", "v"] = "eps"
+    preset: str | None = None  # the architecture preset it was built from (cfgdiff.presets); None = custom
 
     def __post_init__(self):
         _check(self.in_channels >= 1, f"model.in_channels must be >= 1, got {self.in_channels}")
@@ -126,6 +127,7 @@ class TrainConfig:
     seed: int = 0  # base seed (rank r uses seed + 1000 r)
     degrade: str = "mix:drop:0.8,box:0.4,sensors:64,half:1"  # used when data holds only targets
     augment: str = "none"  # symmetry augmentation per row: none, flips, rot90 or d4 (cfgdiff.augment)
+    crop: tuple[int, int] | None = None  # (h, w): train on random h x w windows of larger fields; None = whole
     log_every: int = 50  # console/TensorBoard cadence in steps
     checkpoint_every: int = 500  # report a checkpoint every N steps (0 = at epoch ends only)
     keep_checkpoints: int = 2  # checkpoints kept by Ray Train
@@ -152,6 +154,8 @@ class TrainConfig:
                "train.val_samples, train.val_steps and train.val_batches must be >= 1")
         _check(self.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
         _check(self.augment in AUGMENTS, f"train.augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        _check(self.crop is None or (len(self.crop) == 2 and min(self.crop) >= 1),
+               f"train.crop must be H,W with H, W >= 1 (or null), got {self.crop}")
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,13 @@ def to_dict(obj) -> dict[str, Any]:
     return out
 
 
+def _scalar(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def _coerce(tp, value, path: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -220,6 +231,8 @@ def _coerce(tp, value, path: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, path)
     if origin is tuple:
+        if isinstance(value, str) and "," in value:  # --set train.crop=64,64
+            value = [_scalar(v.strip()) for v in value.split(",")]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{path} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
@@ -277,11 +290,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
             node = node[p]
         if parts[-1] not in node:
             raise InputError(f"--set {key}: unknown key {parts[-1]!r}; valid: {', '.join(sorted(node))}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node[parts[-1]] = value
+        node[parts[-1]] = _scalar(raw)
     try:
         return ExperimentConfig.from_dict(d)
     except ValueError as e:

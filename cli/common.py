@@ -78,6 +78,16 @@ def resume_option(help_text: str):
     return click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[NAME]", help=help_text)
 
 
+def preset_option(f):
+    """``--preset`` for train and tune (cfgdiff.presets)."""
+    from cfgdiff.presets import PRESETS
+
+    return click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+                        help="Architecture size, scaled to the field (or crop) size: levels to an 8-16 px bottleneck, "
+                             "attention placed by token count. Default: small, unless the config or --set "
+                             "customises the architecture. --set model.* still wins.")(f)
+
+
 def ray_options(f):
     f = click.option("--ray-address", default=None, metavar="ADDR",
                      help="Join a Ray cluster (auto, HOST:PORT, ray://HOST:10001). Default: RAY_ADDRESS, "

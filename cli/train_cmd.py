@@ -12,7 +12,7 @@ from cfgdiff.config import PRECISIONS, ExperimentConfig, resume_conflicts
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import fmt_metrics, ray_options, renamed, resume_option
+from .common import fmt_metrics, preset_option, ray_options, renamed, resume_option
 
 
 def load_base_config(config_file: str | None) -> ExperimentConfig:
@@ -39,6 +39,7 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--name", default="cfgdiff-run", show_default=True, help="Run name (a directory under --out).")
 @click.option("--config", "config_file", type=click.Path(), help="Experiment config JSON (strict keys).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override, e.g. --set model.dim=64 (repeatable).")
+@preset_option
 @click.option("--epochs", type=int, default=None, help="Train for N passes over the data (overrides train.max_steps).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (train.max_steps).")
 @resume_option("Continue the run called --name (or NAME) from its last checkpoint, exactly (same data order and "
@@ -54,7 +55,7 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Automatic restarts from the last checkpoint.")
 @click.option("--spread", is_flag=True, help="Place workers on different nodes where possible (default: pack).")
 @click.pass_context
-def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage, name, config_file, sets, epochs, steps,
+def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage, name, config_file, sets, preset, epochs, steps,
               resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures, spread):
     """Train the conditional diffusion model with Ray Train (TorchTrainer, DDP).
 
@@ -74,13 +75,15 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
     extra += [f"train.precision={precision}"] if precision else []
     extra += ["train.compile=true"] if compile_ else []
     if resume is not None:
+        if preset is not None:
+            raise InputError("--preset: a resumed run keeps its architecture; drop --preset")
         name = resume or name
         base = load_run_config(storage, name)
     else:
         base = load_base_config(config_file)
         if (Path(storage) / name / "config.json").exists():
             raise InputError(f"--name {name}: a run already exists under {storage}; use --resume {name} or a new --name")
-    cfg = config_for_data(meta, base, extra)
+    cfg = config_for_data(meta, base, extra, preset=preset, auto_preset=resume is None)
     if resume is not None and (conflicts := resume_conflicts(base, cfg)):
         raise InputError(f"--resume {name}: cannot change {conflicts[0]} (start a new --name instead)")
     info = start_ray(ray_address, num_cpus, dashboard=dashboard,

@@ -10,7 +10,7 @@ from cfgdiff.config import PRECISIONS
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import ray_options, renamed, resume_option
+from .common import preset_option, ray_options, renamed, resume_option
 from .train_cmd import load_base_config
 
 
@@ -44,9 +44,10 @@ def _floats(value: str | None, name: str) -> tuple[float, ...] | None:
 @ray_options
 @click.option("--config", "config_file", type=click.Path(), help="Base experiment config JSON.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override the base config (repeatable).")
+@preset_option
 @resume_option("Continue the interrupted search OUT/NAME (or OUT/NAME given here) without rerunning finished trials.")
 def tune_cmd(data, out, name, trials, p_range, p_grid, w_grid, metric, epochs, workers, gpu, threads_per_worker,
-             precision, max_concurrent, ray_address, num_cpus, dashboard, config_file, sets, resume):
+             precision, max_concurrent, ray_address, num_cpus, dashboard, config_file, sets, preset, resume):
     """Search the condition-dropout probability p with Ray Tune (ASHA); every trial trains once
     and scores all guidance weights w of --w-grid, so w never costs a retrain.
 
@@ -63,7 +64,8 @@ def tune_cmd(data, out, name, trials, p_range, p_grid, w_grid, metric, epochs, w
         raise InputError(f"--p-range {p_range!r}: expected LO,HI")
     name = resume or name
     extra = list(sets) + ([f"train.precision={precision}"] if precision else [])
-    job = TuneJob(data_dir=data, config=config_for_data(DatasetMeta.load(data), load_base_config(config_file), extra),
+    cfg = config_for_data(DatasetMeta.load(data), load_base_config(config_file), extra, preset=preset)
+    job = TuneJob(data_dir=data, config=cfg,
                   out_dir=out, name=name, num_samples=trials, p_range=(pr[0], pr[1]),
                   p_grid=_floats(p_grid, "--p-grid"), w_grid=_floats(w_grid, "--w-grid") or (), metric=metric,
                   epochs=epochs, workers_per_trial=workers, threads_per_worker=threads_per_worker, use_gpu=gpu,

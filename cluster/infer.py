@@ -309,7 +309,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
     try:
         batches = (b for d in dirs for b in iter_parquet_batches(d, job.batch_size))
         if job.limit is not None:
-            batches = (k for b in batches if len(k := _rows_in(b, index)["index"]))
+            batches = (k for b in batches if len((k := _rows_in(b, index))["index"]))
         for b in _deal(actors, batches, [ref]):
             work_start, work_end = min(work_start, b["batch_t0"].min()), max(work_end, b["batch_t1"].max())
             pos = np.searchsorted(index, b["index"])

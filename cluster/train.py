@@ -22,13 +22,14 @@ from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from cfgdiff.augment import needs_square
+from cfgdiff.augment import crop_rows, needs_square
 from cfgdiff.checkpoint import load_checkpoint, load_training_state
 from cfgdiff.config import ExperimentConfig, apply_overrides
 from cfgdiff.data import DatasetMeta, decode_batch, read_split
 from cfgdiff.degrade import degrade, parse_spec
 from cfgdiff.engine import native_bf16
 from cfgdiff.errors import InputError
+from cfgdiff.presets import apply_preset, is_custom
 
 from .data import parquet_dataset
 from .progress import TrainProgress
@@ -59,20 +60,35 @@ class TrainJob:
     progress: bool = True  # draw the run's progress on this driver (off inside Tune trials)
 
 
-def config_for_data(meta: DatasetMeta, base: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
-    """Fill the model's shapes from the dataset, apply ``--set`` overrides, and check they agree."""
+def config_for_data(meta: DatasetMeta, base: ExperimentConfig, overrides: list[str], preset: str | None = None,
+                    auto_preset: bool = True) -> ExperimentConfig:
+    """Fill the model's shapes from the dataset, size the architecture (``preset``, or with none the
+    default preset when the architecture is not customised and ``auto_preset``; cfgdiff.presets) for
+    the data's or the crop's H x W, apply ``--set`` overrides (they win over the preset), and check
+    that they agree with the data."""
     C, H, W = meta.target_shape
     d = base.to_dict()
     d["model"].update(in_channels=C, cond_channels=meta.cond_channels, image_size=[H, W])
     try:
-        cfg = ExperimentConfig.from_dict(d)
+        shaped = ExperimentConfig.from_dict(d)
     except ValueError as e:
         raise InputError(f"--data {meta.root}: {e}") from None
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(shaped, overrides)
+    if preset is not None or (auto_preset and not is_custom(cfg.model)):
+        size = tuple(cfg.train.crop) if cfg.train.crop else (H, W)
+        own_depth = any(o.split("=", 1)[0].strip() == "model.dim_mults" for o in overrides)
+        try:  # a --set model.dim_mults of the user's own: the preset's attention is placed for that depth
+            model = apply_preset(shaped.model, preset, size, levels=len(cfg.model.dim_mults) if own_depth else None)
+        except ValueError as e:
+            raise InputError(f"--preset: {e}") from None
+        cfg = apply_overrides(replace(shaped, model=model), overrides)
+    if cfg.train.crop is not None:  # the network is built for, and its FLOPs counted at, the crop size
+        cfg = replace(cfg, model=replace(cfg.model, image_size=tuple(cfg.train.crop)))
     check_data_matches(meta, cfg)
-    if needs_square(cfg.train.augment) and H != W:
-        raise InputError(f"--set train.augment={cfg.train.augment}: rotations need square fields, the data are "
-                         f"{H}x{W}; use flips")
+    h, w = cfg.model.image_size
+    if needs_square(cfg.train.augment) and h != w:
+        raise InputError(f"--set train.augment={cfg.train.augment}: rotations need square fields, the "
+                         f"{'crops' if cfg.train.crop else 'data'} are {h}x{w}; use flips")
     if not meta.has_condition:
         parse_spec(cfg.train.degrade)  # targets-only data is degraded on the fly
     return cfg
@@ -86,8 +102,12 @@ def check_data_matches(meta: DatasetMeta, cfg: ExperimentConfig) -> None:
     if mc.cond_channels != meta.cond_channels:
         raise InputError(f"--data {meta.root}: conditions have {meta.cond_channels} channels but "
                          f"model.cond_channels={mc.cond_channels}")
-    if tuple(mc.image_size) != (H, W):
-        raise InputError(f"--data {meta.root}: images are {H}x{W} but model.image_size={tuple(mc.image_size)}")
+    crop = cfg.train.crop
+    if crop is not None and (crop[0] > H or crop[1] > W):
+        raise InputError(f"--set train.crop={crop[0]},{crop[1]}: crops must fit the data's {H}x{W} fields")
+    if tuple(mc.image_size) != (tuple(crop) if crop else (H, W)):
+        raise InputError(f"--data {meta.root}: images are {H}x{W}{f' cropped to {crop[0]}x{crop[1]}' if crop else ''}"
+                         f" but model.image_size={tuple(mc.image_size)}")
 
 
 def run_paths(job: TrainJob) -> dict[str, str]:
@@ -138,6 +158,8 @@ def _vis_batch(meta: DatasetMeta, cfg: ExperimentConfig) -> dict[str, np.ndarray
     """A fixed validation batch for reconstruction metrics and TensorBoard grids."""
     raw = read_split(meta.split_dir("val"), limit=cfg.train.val_samples)
     b = decode_batch(raw, meta.normalization)
+    if cfg.train.crop:
+        b = crop_rows(b, cfg.train.crop)
     if "cond" not in b:
         b["cond"], b["mask"] = degrade(b["x0"], cfg.train.degrade, seed=cfg.train.seed + 99,
                                        index=b["index"].tolist())

@@ -22,7 +22,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from cfgdiff.augment import augment_rows
+from cfgdiff.augment import augment_rows, crop_rows
 from cfgdiff.checkpoint import load_training_state, write_checkpoint_files
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.data import decode_batch
@@ -188,8 +188,10 @@ def train_loop_per_worker(lc: dict) -> dict:
                 epoch_step += 1
                 continue
             epoch_step += 1
-            b = _with_condition(decode_batch(raw, norm, device, where=lc.get("data_name", "dataset")), tc.degrade,
-                                tc.seed, epoch)
+            b = decode_batch(raw, norm, device, where=lc.get("data_name", "dataset"))
+            if tc.crop:  # before the degradation, so that targets-only data gets its masks drawn on the crop
+                b = crop_rows(b, tc.crop, torch.Generator().manual_seed(_step_seed(tc.seed, rank, step) ^ 0xC409))
+            b = _with_condition(b, tc.degrade, tc.seed, epoch)
             b = augment_rows(b, tc.augment, torch.Generator().manual_seed(_step_seed(tc.seed, rank, step) ^ 0xA116))
             timer.mark("data_wait", device)
             out = core_train_step(model, opt, sched, schedule, b["x0"], b["cond"], b["mask"], cfg,
@@ -316,7 +318,8 @@ def _validate(model, ema: EMA, cfg, schedule, norm, val_shard, vis, eval_ws, per
     for i, raw in enumerate(iter_block_batches(val_shard, per_worker)):
         if i >= tc.val_batches:
             continue  # drain the shard: all ranks must consume it together (RAY_NOTES §0.4)
-        b = _with_condition(decode_batch(raw, norm, device, where="validation split"), tc.degrade, tc.seed, 0)
+        b = decode_batch(raw, norm, device, where="validation split")
+        b = _with_condition(crop_rows(b, tc.crop) if tc.crop else b, tc.degrade, tc.seed, 0)
         losses.append(eval_loss(model, schedule, b["x0"], b["cond"], b["mask"], cfg))
     val_loss = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=device)
     metrics = {"val_loss": float(_all_mean(val_loss.to(device), world))}

@@ -112,3 +112,5 @@ def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     assert {"convert", "train", "tune", "infer", "evaluate", "demo-data", "python"} <= set(ran), ran
     assert Path("runs/cfgdiff-run/export/model.safetensors").exists() and Path("out/recon.npy").exists()
     assert Path("runs/eval/evaluate.png").exists() and Path("runs/tune/best.json").exists()
+    # "Large and odd-sized fields": --limit rows of 128x128 reconstructed in 64x64 tiles by a model trained on crops
+    assert np.load("out/big.npy").shape == (4, 1, 128, 128)

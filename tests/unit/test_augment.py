@@ -1,11 +1,12 @@
-"""train.augment: one symmetry per row, applied alike to target, condition and mask."""
+"""train.augment and train.crop: one symmetry or window per row, applied alike to target, condition and mask."""
 
 import pytest
 import torch
 
-from cfgdiff.augment import AUGMENTS, apply_element, augment_rows
-from cfgdiff.config import ExperimentConfig
+from cfgdiff.augment import AUGMENTS, apply_element, augment_rows, crop_rows
+from cfgdiff.config import ExperimentConfig, apply_overrides
 from cfgdiff.degrade import degrade
+from cfgdiff.errors import InputError
 
 
 def _orbit(x):
@@ -46,3 +47,40 @@ def test_config_validates_the_kind():
     assert ExperimentConfig().train.augment == "none" and "rot90" in AUGMENTS
     with pytest.raises(ValueError, match="train.augment"):
         ExperimentConfig.from_dict({"train": {"augment": "mirror"}})
+
+
+def test_random_crops_cut_the_same_window_from_target_condition_and_mask():
+    """Every row's crop is a window of its own field at one offset for all three tensors; offsets vary."""
+    n, H, W, h, w = 64, 13, 21, 5, 8
+    x0 = torch.randn(n, 2, H, W)
+    cond, mask = x0[:, :1] * 3, (x0[:, :1] > 0).float()
+    out = crop_rows({"x0": x0, "cond": cond, "mask": mask, "index": torch.arange(n)}, (h, w),
+                    torch.Generator().manual_seed(0))
+    assert out["x0"].shape == (n, 2, h, w) and out["cond"].shape == out["mask"].shape == (n, 1, h, w)
+    assert torch.equal(out["index"], torch.arange(n))
+    offsets = set()
+    for i in range(n):
+        hits = [(t, s) for t in range(H - h + 1) for s in range(W - w + 1)
+                if torch.equal(x0[i, :, t:t + h, s:s + w], out["x0"][i])]
+        assert len(hits) == 1
+        t, s = hits[0]
+        offsets.add(hits[0])
+        assert torch.equal(out["cond"][i], cond[i, :, t:t + h, s:s + w])
+        assert torch.equal(out["mask"][i], mask[i, :, t:t + h, s:s + w])
+    assert len(offsets) > n // 2  # drawn per row
+
+
+def test_validation_crops_are_centred_and_a_full_size_crop_is_the_identity():
+    x0 = torch.arange(2 * 1 * 9 * 10, dtype=torch.float32).reshape(2, 1, 9, 10)
+    assert torch.equal(crop_rows({"x0": x0}, (5, 4))["x0"], x0[:, :, 2:7, 3:7])
+    assert crop_rows({"x0": x0}, (9, 10), torch.Generator())["x0"] is x0
+
+
+def test_crop_is_set_as_h_comma_w_and_checked():
+    cfg = apply_overrides(ExperimentConfig(), ["train.crop=64,48"])
+    assert cfg.train.crop == (64, 48) and ExperimentConfig().train.crop is None
+    assert apply_overrides(ExperimentConfig(), ["train.crop=[8,8]"]).train.crop == (8, 8)
+    with pytest.raises(InputError, match="train.crop must be a list"):
+        apply_overrides(ExperimentConfig(), ["train.crop=64"])
+    with pytest.raises(InputError, match="train.crop must be H,W with H, W >= 1"):
+        apply_overrides(ExperimentConfig(), ["train.crop=0,8"])

@@ -1,0 +1,43 @@
+"""Architecture presets at a field size: parameters, GFLOP/image and training img/s (fp32, AdamW step)."""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+
+from cfgdiff.config import ModelConfig
+from cfgdiff.flops import forward_flops
+from cfgdiff.presets import PRESETS, apply_preset, describe
+from cfgdiff.unet import ConditionalUNet, num_parameters
+
+from .common import table, timeit
+
+
+def run(device: str = "cpu", size: int = 64, batch: int = 8, channels_last: bool = True) -> str:
+    rows = []
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    for name in PRESETS:
+        cfg = apply_preset(ModelConfig(image_size=(size, size)), name, (size, size))
+        model = ConditionalUNet(cfg).to(device).train()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(batch, 1, size, size, device=device)
+        c, m = torch.randn_like(x), torch.ones_like(x)
+        t = torch.randint(0, 1000, (batch,), device=device)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            model(x, t, c, m).pow(2).mean().backward()
+            opt.step()
+
+        s = timeit(step, repeat=3, warmup=1, sync=sync)
+        rows.append({"preset": name, "levels": len(cfg.dim_mults), "params M": num_parameters(model) / 1e6,
+                     "GFLOP/img fwd": forward_flops(model, cfg, batch=1) / 1e9, "train img/s": batch / s,
+                     "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+    layout = "\n".join(f"    {line}" for line in describe(apply_preset(ModelConfig(image_size=(size, size)), "small",
+                                                                       (size, size))))
+    return (table(rows, ["preset", "levels", "params M", "GFLOP/img fwd", "train img/s", "peak RSS GB"])
+            + f"\n\n{size}x{size}, batch {batch}, fp32, {device}; peak RSS is the process's high-water mark so far "
+              f"(it only grows down the table). The small preset's layout at this size:\n\n{layout}")
