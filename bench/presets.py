@@ -41,3 +41,33 @@ def run(device: str = "cpu", size: int = 64, batch: int = 8, channels_last: bool
     return (table(rows, ["preset", "levels", "params M", "GFLOP/img fwd", "train img/s", "peak RSS GB"])
             + f"\n\n{size}x{size}, batch {batch}, fp32, {device}; peak RSS is the process's high-water mark so far "
               f"(it only grows down the table). The small preset's layout at this size:\n\n{layout}")
+
+
+def memory(device: str = "cpu", size: int = 256, preset: str = "base", batch: int = 8) -> str:
+    """Peak memory of fp32 AdamW training steps at ``size`` with ``preset``: the process's peak RSS on CPU
+    (its high-water mark, so run it in a fresh process), ``torch.cuda.max_memory_allocated`` on GPU."""
+    import time
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    cfg = apply_preset(ModelConfig(image_size=(size, size)), preset, (size, size))
+    model = ConditionalUNet(cfg).to(device).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 1, size, size, device=device)
+    c, m = torch.randn_like(x), torch.ones_like(x)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        model(x, t, c, m).pow(2).mean().backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return table([{"preset": preset, "size": f"{size}x{size}", "batch": batch, "params M": num_parameters(model) / 1e6,
+                   "step s": times[-1], "peak GB": peak, "GB before the model": before}],
+                 ["preset", "size", "batch", "params M", "step s", "peak GB", "GB before the model"]) + (
+        f"\n\nfp32, channels_last, AdamW, {device}; peak = "
+        + ("torch.cuda.max_memory_allocated" if device == "cuda" else "the process's peak RSS (ru_maxrss)") + ".")

@@ -48,9 +48,18 @@ def as_nchw(a: np.ndarray, channels: int | None, what: str) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
-def prepare_inputs(cond_raw: np.ndarray, mask: np.ndarray | None, norm: Normalization, in_channels: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """User-unit condition (NaN = unknown) and mask -> normalised cond, mask and target-space known values."""
+def check_mask_channels(mask_channels: int, model_mask_channels: int, in_channels: int, what: str) -> None:
+    """A per-pixel model takes 1-channel masks; a per-channel one takes C channels, or 1 (the same mask for all)."""
+    if mask_channels not in (1, model_mask_channels):
+        raise InputError(f"{what} has {mask_channels} channels; the model takes " + (
+            f"1 (per pixel) or {in_channels} (per channel)" if model_mask_channels > 1 else
+            "1 (it was trained on per-pixel masks; train on per-channel masks to use them)"))
+
+
+def prepare_inputs(cond_raw: np.ndarray, mask: np.ndarray | None, norm: Normalization, in_channels: int,
+                   mask_channels: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """User-unit condition (NaN = unknown) and mask -> normalised cond, mask and target-space known values.
+    A per-pixel mask given to a model with ``mask_channels`` = C per-channel masks is repeated over the channels."""
     cond_t = torch.tensor(np.asarray(cond_raw, dtype=np.float32))
     if mask is None:
         mask_t = (~torch.isnan(cond_t).any(1, keepdim=True)).float()
@@ -62,6 +71,8 @@ def prepare_inputs(cond_raw: np.ndarray, mask: np.ndarray | None, norm: Normaliz
             raise InputError("mask must be binary (1 = known, 0 = missing)")
     check_observations(np.asarray(cond_raw, dtype=np.float32), mask_t.numpy(), "cond",
                        offset=norm.condition.offset, scale=norm.condition.scale)
+    if mask_t.shape[1] != mask_channels:
+        mask_t = mask_t.expand(-1, mask_channels, -1, -1).contiguous()
     cond_n = torch.nan_to_num(norm.condition.normalize(cond_t), nan=0.0)
     known = None
     if cond_t.shape[1] == in_channels:
@@ -169,7 +180,8 @@ class Reconstructor:
                     degrade_spec: str | None = None, batch_size: int = 64, model_batch: int = 8,
                     precision: str | None = None, tile: int | None = None,
                     overlap: int | None = None) -> Reconstruction:
-        """Reconstruct from ``cond`` (N[, C_c], H, W), NaN = unknown, and optional ``mask`` (1 = known).
+        """Reconstruct from ``cond`` (N[, C_c], H, W), NaN = unknown, and optional ``mask`` (1 = known), (N, H, W)
+        or (N, 1, H, W) per pixel, or (N, C, H, W) per channel for a model trained on per-channel masks.
 
         Fields of another size than the training size need ``tile``: the network then denoises overlapping
         tile x tile windows (``overlap`` pixels, default tile // 4) fused at every step (``cfgdiff.tiling``).
@@ -179,7 +191,9 @@ class Reconstructor:
         tile, overlap, warnings = plan_tiling(cond_raw.shape[2:], mc.image_size, tile, overlap)
         for msg in warnings:
             logger.warning(msg)
-        mask_a = as_nchw(mask, 1, "mask") if mask is not None else None
+        mask_a = as_nchw(mask, None, "mask") if mask is not None else None
+        if mask_a is not None:
+            check_mask_channels(mask_a.shape[1], mc.mask_channels, mc.in_channels, "mask")
         if len(cond_raw) == 0:
             raise InputError("cond holds 0 rows; pass at least one")
         if mask_a is not None and (len(mask_a) != len(cond_raw) or mask_a.shape[2:] != cond_raw.shape[2:]):
@@ -195,7 +209,8 @@ class Reconstructor:
         s = replace(s, steps=s.steps if steps is None else steps, w=s.w if w is None else w, method=method or s.method,
                     eta=s.eta if eta is None else eta, resample=resample if resample is not None else s.resample,
                     precision=precision or s.precision)
-        cond_n, mask_t, known = prepare_inputs(cond_raw, mask_a, self.ckpt.normalization, mc.in_channels)
+        cond_n, mask_t, known = prepare_inputs(cond_raw, mask_a, self.ckpt.normalization, mc.in_channels,
+                                               mc.mask_channels)
         outs, calls = [], 0
         for a in range(0, len(cond_raw), batch_size):
             sl = slice(a, a + batch_size)

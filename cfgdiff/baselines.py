@@ -2,7 +2,7 @@
 
 mean-fill needs nothing; the others come from the optional ``eval`` extra (scipy, scikit-image,
 opencv-python-headless) and are imported lazily inside their functions, so importing cfgdiff never
-loads them. Every baseline maps user-unit (N, C, H, W) observations plus a (N, 1, H, W) mask to a
+loads them. Every baseline maps user-unit (N, C, H, W) observations plus a (N, 1, H, W) or per-channel (N, C, H, W) mask to a
 full reconstruction, per channel, and keeps known pixels exactly.
 """
 
@@ -19,8 +19,8 @@ def _per_image(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     def run(cond: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out = np.empty(cond.shape, np.float32)
         for i in range(cond.shape[0]):
-            known = mask[i, 0].astype(bool)
             for c in range(cond.shape[1]):
+                known = mask[i, min(c, mask.shape[1] - 1)].astype(bool)  # per pixel, or per channel
                 img = np.nan_to_num(cond[i, c].astype(np.float64))
                 if known.all() or not known.any():
                     out[i, c] = img if known.all() else 0.0

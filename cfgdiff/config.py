@@ -32,6 +32,7 @@ def _check(cond: bool, msg: str) -> None:
 class ModelConfig:
     in_channels: int = 1  # target channels C
     cond_channels: int = 1  # condition channels C_c (may differ from C)
+    mask_channels: int = 1  # 1: one mask per pixel; C (= in_channels): one per target channel (per-channel masks)
     image_size: tuple[int, int] = (32, 32)  # (H, W), any sizes: the network pads to a multiple of 2**(levels-1)
     dim: int = 48  # base channel width
     dim_mults: tuple[int, ...] = (1, 2, 4)  # width multiplier per resolution level
@@ -58,6 +59,8 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.in_channels >= 1, f"model.in_channels must be >= 1, got {self.in_channels}")
         _check(self.cond_channels >= 1, f"model.cond_channels must be >= 1, got {self.cond_channels}")
+        _check(self.mask_channels in (1, self.in_channels),
+               f"model.mask_channels must be 1 or in_channels={self.in_channels}, got {self.mask_channels}")
         _check(len(self.image_size) == 2 and min(self.image_size) >= 1,
                f"model.image_size must be (H, W) with H, W >= 1, got {self.image_size}")
         _check(self.dim >= 1 and len(self.dim_mults) >= 1 and min(self.dim_mults) >= 1,

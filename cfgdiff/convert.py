@@ -91,8 +91,14 @@ def _validate_shapes(ref: ArraySource, cond: ArraySource | None, mask: ArraySour
         if src.chw[1:] != (H, W):
             raise InputError(f"{src.files[0]} ({src.role}): spatial shape {src.chw[1:]} does not match the "
                              f"{ref.role}'s {(H, W)}")
-    if mask is not None and mask.chw[0] != 1:
-        raise InputError(f"{mask.files[0]} (mask): expected 1 channel, found {mask.chw[0]}")
+    if mask is not None and mask.chw[0] != 1:  # per-channel: the known values are the condition's, in target space
+        C = ref.chw[0]
+        if mask.chw[0] != C:
+            raise InputError(f"{mask.files[0]} (mask): has {mask.chw[0]} channels; expected 1 (one mask per pixel) "
+                             f"or {C} (one per {ref.role} channel)")
+        if cond is not None and cond.chw[0] != C:
+            raise InputError(f"{mask.files[0]} (mask): a per-channel mask needs a condition with the {ref.role}'s "
+                             f"{C} channels, but {cond.files[0]} has {cond.chw[0]}")
 
 
 def _mask_for(chunk_cond, chunk_mask, opts, where: str) -> np.ndarray:
@@ -250,7 +256,7 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
                              "choose another --out")
     target = ArraySource(target_spec, "target", opts.layout, opts.force_layout) if target_spec is not None else None
     cond = ArraySource(opts.condition, "condition", opts.layout, opts.force_layout) if opts.condition else None
-    mask = ArraySource(opts.mask, "mask", None) if opts.mask else None  # (N,H,W) or (N,1,H,W)
+    mask = ArraySource(opts.mask, "mask", None) if opts.mask else None  # (N,H,W), (N,1,H,W) or per channel (N,C,H,W)
     ref = target if target is not None else cond
     _validate_shapes(ref, cond, mask)
     N, (C, H, W) = len(ref), ref.chw
@@ -262,7 +268,8 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
     Cc = cond.chw[0] if cond else C
     has_cond = cond is not None or comps is not None
 
-    row_bytes = ref.dtype.itemsize * C * H * W + (4 * Cc * H * W + H * W if has_cond else 0) + 8
+    Cm = mask.chw[0] if mask else 1
+    row_bytes = ref.dtype.itemsize * C * H * W + (4 * Cc * H * W + Cm * H * W if has_cond else 0) + 8
     rg_rows = max(1, int(opts.row_group_mb * 2**20 // row_bytes))
     shard_rows = max(rg_rows, int(opts.shard_mb * 2**20 // row_bytes))
 
@@ -297,7 +304,8 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
             w.close()
         meta = {
             "format_version": FORMAT_VERSION,
-            "shapes": {"target": [C, H, W] if target else None, "condition": [Cc, H, W] if has_cond else None},
+            "shapes": {"target": [C, H, W] if target else None, "condition": [Cc, H, W] if has_cond else None,
+                       "mask": [Cm, H, W] if has_cond else None},
             "dtypes": {"target": str(target.dtype) if target else None, "condition": str(cond.dtype) if cond else
                        ("float32" if comps else None)},
             "normalization": norm.to_dict(),

@@ -8,7 +8,7 @@ Parquet layout written by ``cfgdiff convert`` (see convert.py)::
 
 ``target``/``condition``/``mask`` hold one (C, H, W) tensor per row as a fixed-length binary cell
 (``tensor_field``; shape and dtype in the field metadata), in the source's units and dtype (NaN in
-``condition`` = unknown); ``mask`` is uint8 (1, H, W), 1 = known.
+``condition`` = unknown); ``mask`` is uint8 (1, H, W), or (C, H, W) per target channel, 1 = known.
 ``decode_batch`` turns such columns into normalised float32 tensors for the model.
 """
 
@@ -211,6 +211,12 @@ class DatasetMeta:
     def cond_channels(self) -> int:
         shp = self.doc["shapes"].get("condition")
         return shp[0] if shp else self.target_shape[0]
+
+    @property
+    def mask_channels(self) -> int:
+        """1 (one mask per pixel: degraded on the fly, from NaN, or a 1-channel mask) or C (per channel)."""
+        shp = self.doc["shapes"].get("mask")
+        return shp[0] if shp else 1
 
     @property
     def has_condition(self) -> bool:

@@ -1,6 +1,6 @@
 """Reconstruction metrics, batched in torch. Every function returns one value per sample, shape (B,).
 
-Images are (B, C, H, W); ``mask`` is (B, 1, H, W) with 1 = known. "Missing" metrics average over
+Images are (B, C, H, W); ``mask`` is (B, 1, H, W), or (B, C, H, W) per channel, with 1 = known. "Missing" metrics average over
 mask = 0 pixels only (all channels); a sample with no missing pixel gives NaN there.
 """
 

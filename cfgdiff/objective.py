@@ -49,7 +49,7 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, cond: torch
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Monte-Carlo estimate of the denoising loss for one batch.
 
-    Shapes: x0 (B, C, H, W), cond (B, C_c, H, W), mask (B, 1, H, W). Returns the scalar loss and
+    Shapes: x0 (B, C, H, W), cond (B, C_c, H, W), mask (B, 1 or C, H, W). Returns the scalar loss and
     diagnostics as tensors (no host sync here; the caller decides when to read them).
     """
     if not 0.0 <= p_uncond < 1.0:

@@ -196,8 +196,10 @@ def _validate(cond, mask, known, shape, schedule, method, steps, eta, w, resampl
     if cond.ndim != 4:
         raise ValueError(f"cond must be (B, C_c, H, W), got shape {tuple(cond.shape)}")
     B, _, H, W = cond.shape
-    if tuple(mask.shape) != (B, 1, H, W):
-        raise ValueError(f"mask must have shape {(B, 1, H, W)} to match cond, got {tuple(mask.shape)}")
+    C = shape[1] if shape is not None else known.shape[1] if known is not None else cond.shape[1]
+    if mask.ndim != 4 or tuple(mask.shape[2:]) != (H, W) or mask.shape[0] != B or mask.shape[1] not in (1, C):
+        raise ValueError(f"mask must have shape {(B, 1, H, W)} (per pixel) or {(B, C, H, W)} (per channel) to "
+                         f"match cond, got {tuple(mask.shape)}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("mask must be binary (1 = known, 0 = missing), found other values")
     if known is not None and (known.ndim != 4 or known.shape[0] != B or known.shape[2:] != (H, W)):
@@ -253,7 +255,8 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
            project: bool = True, progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """Draw x0 ~ p_theta(x0 | cond) with CFG, projecting ``known`` pixels where mask = 1.
 
-    Shapes: cond (B, C_c, H, W), mask (B, 1, H, W) with 1 = known, known (B, C, H, W) target-space
+    Shapes: cond (B, C_c, H, W), mask (B, 1, H, W) or per channel (B, C, H, W) with 1 = known (the network
+    gets it as it is; the projection broadcasts it over the channels), known (B, C, H, W) target-space
     observations (defaults to ``cond``), shape = (B, C, H, W) of the sample (defaults to known's).
     ``operator`` (optional) exposes ``A(x)``, ``A_pinv(y)`` and ``y``; each x0 prediction is then
     made consistent, ``x0 <- x0 + A^+(y - A x0)`` (DDNM 2212.00490, eq. 13). With ``clip_x0`` the x0
@@ -279,7 +282,7 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
     sqrt_ab = ab.sqrt().tolist()
     sqrt_1m_ab = (1 - ab).clamp(min=0).sqrt().tolist()
     noise = NoiseSource(shape, dev, seed=seed, sample_index=sample_index, generator=generator)
-    keep = mask.bool() if project else None  # (B, 1, H, W)
+    keep = mask.bool() if project else None  # (B, 1 or C, H, W)
     B = shape[0]
     lo, hi = (c.to(dev) if torch.is_tensor(c) else torch.tensor(c, device=dev) for c in clip_range)
 

@@ -44,15 +44,15 @@ class ConditionalUNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.prediction = cfg.prediction  # what the output is (eps or v): the samplers read it from here
-        C, Cc, dim = cfg.in_channels, cfg.cond_channels, cfg.dim
+        C, Cc, Cm, dim = cfg.in_channels, cfg.cond_channels, cfg.mask_channels, cfg.dim
         chs = [dim * m for m in cfg.dim_mults]
         L = len(chs)
         emb_dim = 4 * dim
         self.time = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, emb_dim), nn.SiLU(),
                                   nn.Linear(emb_dim, emb_dim))
-        self.init_conv = nn.Conv2d(C + (Cc + 1 if cfg.use_concat else 0), dim, 3, padding=1)
+        self.init_conv = nn.Conv2d(C + (Cc + Cm if cfg.use_concat else 0), dim, 3, padding=1)
         use_control = cfg.use_control_add or cfg.use_cross_attn
-        self.control = ControlEncoder(Cc + 1, tuple(chs), cfg.groups) if use_control else None
+        self.control = ControlEncoder(Cc + Cm, tuple(chs), cfg.groups) if use_control else None
         H, W = cfg.image_size
         cross = [cfg.use_cross_attn and max(H, W) // 2**i <= cfg.cross_attn_max_res for i in range(L)]
         lin = [i in cfg.linear_attn_levels for i in range(L)]
@@ -86,13 +86,14 @@ class ConditionalUNet(nn.Module):
         B, _, H, W = x_t.shape
         if tuple(cond.shape) != (B, cfg.cond_channels, H, W):
             raise ValueError(f"cond must be {(B, cfg.cond_channels, H, W)}, got {tuple(cond.shape)}")
-        if tuple(mask.shape) != (B, 1, H, W):
-            raise ValueError(f"mask must be {(B, 1, H, W)}, got {tuple(mask.shape)}")
+        if tuple(mask.shape) != (B, cfg.mask_channels, H, W):
+            raise ValueError(f"mask must be {(B, cfg.mask_channels, H, W)}, got {tuple(mask.shape)}")
         if tuple(t.shape) != (B,):
             raise ValueError(f"t must be ({B},), got {tuple(t.shape)}")
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x_t (B, C, H, W), t (B,) int, cond (B, C_c, H, W), mask (B, 1, H, W) -> (B, C, H, W), for any H, W.
+        """x_t (B, C, H, W), t (B,) int, cond (B, C_c, H, W), mask (B, M, H, W) -> (B, C, H, W), for any H, W;
+        M = model.mask_channels: 1 (one mask per pixel) or C (one per target channel).
 
         Sides that are not multiples of 2**(levels-1) are padded (``pad_to_multiple``: reflected x_t and cond,
         mask 0 on the padding, so the network sees padded pixels as unobserved) and the output is cropped back.

@@ -32,7 +32,7 @@ def check_targets(x: np.ndarray, where: str, rows=None) -> None:
 
 def check_observations(cond: np.ndarray, mask: np.ndarray | None, where: str, rows=None,
                        offset=None, scale=None) -> None:
-    """Condition (N, C_c, H, W) and mask (N, 1, H, W), 1 = known.
+    """Condition (N, C_c, H, W) and mask (N, 1, H, W), or per channel (N, C_c, H, W), 1 = known.
 
     With the normalisation's per-channel ``offset``/``scale`` (the checkpoint's), known values more than
     ``ABSURD`` scales from the offset are refused too.

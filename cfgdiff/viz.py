@@ -56,7 +56,7 @@ def image_grid(rows: list[list[np.ndarray]], scale: int = 4, pad: int = 2, range
             rgb = _viridis_like((a - lo) / (hi - lo if hi > lo else 1.0))
             m = masks[r][j] if masks else None
             if m is not None:
-                rgb[np.asarray(m).reshape(H, W) == 0] = 128
+                rgb[np.asarray(m).reshape(-1, H, W)[0] == 0] = 128  # the first channel, like the panel
             rgb[~np.isfinite(a)] = 128
             rgb = rgb.repeat(scale, 0).repeat(scale, 1)
             y, x = pad + r * cell_h, pad + j * cell_w

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from cfgdiff.api import finalize, prepare_inputs, reconstruct_normalized
+from cfgdiff.api import check_mask_channels, finalize, prepare_inputs, reconstruct_normalized
 from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
 from cfgdiff.config import SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
@@ -134,6 +134,8 @@ def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
     if shp[0] != mc.cond_channels:
         raise InputError(f"--input {job.input}: conditions have {shp[0]} channels (C x H x W = "
                          f"{shp[0]}x{shp[1]}x{shp[2]}) but the checkpoint expects {mc.cond_channels}")
+    check_mask_channels(meta.mask_channels, mc.mask_channels, mc.in_channels,
+                        f"--mask {job.mask}" if job.mask else f"--input {job.input}: the mask")
     try:
         job.tile, job.overlap, warnings = plan_tiling(tuple(shp[1:]), mc.image_size, job.tile, job.overlap)
     except InputError as e:
@@ -197,7 +199,7 @@ class Inpainter:
         mc, norm = self.ckpt.config.model, self.ckpt.normalization
         cond_raw = np.asarray(batch["condition"], dtype=np.float32)
         mask = np.asarray(batch["mask"], dtype=np.float32) if "mask" in batch else None
-        cond_n, mask_t, known = prepare_inputs(cond_raw, mask, norm, mc.in_channels)
+        cond_n, mask_t, known = prepare_inputs(cond_raw, mask, norm, mc.in_channels, mc.mask_channels)
         dev = lambda t: t.to(self.device) if t is not None else None
         x, calls = reconstruct_normalized(self.model, self.schedule, dev(cond_n), dev(mask_t), dev(known),
                                           batch["index"].tolist(), self.sampler, in_channels=mc.in_channels,

@@ -68,7 +68,8 @@ def config_for_data(meta: DatasetMeta, base: ExperimentConfig, overrides: list[s
     that they agree with the data."""
     C, H, W = meta.target_shape
     d = base.to_dict()
-    d["model"].update(in_channels=C, cond_channels=meta.cond_channels, image_size=[H, W])
+    d["model"].update(in_channels=C, cond_channels=meta.cond_channels, mask_channels=meta.mask_channels,
+                      image_size=[H, W])
     try:
         shaped = ExperimentConfig.from_dict(d)
     except ValueError as e:
@@ -102,6 +103,9 @@ def check_data_matches(meta: DatasetMeta, cfg: ExperimentConfig) -> None:
     if mc.cond_channels != meta.cond_channels:
         raise InputError(f"--data {meta.root}: conditions have {meta.cond_channels} channels but "
                          f"model.cond_channels={mc.cond_channels}")
+    if mc.mask_channels != meta.mask_channels:
+        raise InputError(f"--data {meta.root}: masks have {meta.mask_channels} channel(s) but "
+                         f"model.mask_channels={mc.mask_channels}")
     crop = cfg.train.crop
     if crop is not None and (crop[0] > H or crop[1] > W):
         raise InputError(f"--set train.crop={crop[0]},{crop[1]}: crops must fit the data's {H}x{W} fields")

@@ -70,7 +70,7 @@ def test_actor_killed_mid_batch_still_exactly_once(ray_session, tiny_data, tiny_
 def test_bad_input_fails_before_any_actor(ray_session, tiny_data, tiny_checkpoint, tmp_path):
     np.save(tmp_path / "big.npy", np.zeros((4, 32, 32), np.float32))
     np.save(tmp_path / "m32.npy", np.ones((4, 32, 32), np.uint8))
-    with pytest.raises(InputError, match="checkpoint expects 1x16x16"):
+    with pytest.raises(InputError, match="fields are 32x32 but the model was trained on 16x16: pass --tile 16"):
         run_inference(InferJob(tiny_checkpoint, str(tmp_path / "big.npy"), str(tmp_path / "o.npy"),
                                mask=str(tmp_path / "m32.npy")))
     np.save(tmp_path / "dense.npy", np.zeros((4, 16, 16), np.float32))

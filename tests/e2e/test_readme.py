@@ -37,6 +37,7 @@ SIZES = {
     "--num-samples": {"8": "2", "4": "2"},
     "--limit": {"128": "4"},
     "--val-fraction": {"0.0078125": "0.25"},
+    "--size": {"128": "96"},
     "--sweep": {"ddim:10": "ddim:2", "dpm2m:10": "dpm2m:3", "ddim:50": "ddim:3", "ddpm:1000": "ddpm:4",
                 "ddim:25:r5,3": "ddim:2:r2,2"},
 }
@@ -79,6 +80,11 @@ def _user_files(root: Path) -> None:
     np.save(root / "observed.npy", np.where(mask == 1, target, 0.0).astype(np.float32))
     np.save(root / "mask.npy", mask)
     np.save(root / "observed_with_nans.npy", np.where(mask == 1, target, np.nan).astype(np.float32))
+    uv = np.concatenate([target, gaussian_random_fields(64, 16, 16, seed=1)], axis=1)  # two components
+    mask_uv = (rng.uniform(size=uv.shape) > 0.6).astype(np.uint8)  # each observed at its own pixels
+    np.save(root / "velocity.npy", uv)
+    np.save(root / "observed_uv.npy", np.where(mask_uv == 1, uv, np.nan).astype(np.float32))
+    np.save(root / "mask_uv.npy", mask_uv)
 
 
 def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
@@ -112,5 +118,6 @@ def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     assert {"convert", "train", "tune", "infer", "evaluate", "demo-data", "python"} <= set(ran), ran
     assert Path("runs/cfgdiff-run/export/model.safetensors").exists() and Path("out/recon.npy").exists()
     assert Path("runs/eval/evaluate.png").exists() and Path("runs/tune/best.json").exists()
-    # "Large and odd-sized fields": --limit rows of 128x128 reconstructed in 64x64 tiles by a model trained on crops
-    assert np.load("out/big.npy").shape == (4, 1, 128, 128)
+    # "Large and odd-sized fields": --limit rows of 96x96 (128 in the README) reconstructed in 64x64 tiles (2 x 2)
+    # by a model trained on 64x64 crops
+    assert np.load("out/big.npy").shape == (4, 1, 96, 96)

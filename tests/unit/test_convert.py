@@ -123,6 +123,11 @@ BAD = {
                                                                             np.zeros((4, 8, 8))), np.ones((4, 8, 8))),
                                        "inf in the condition at row 2"),
     "impossible layout": (lambda d: (np.zeros((4, 8, 8, 8)), None, None), "cannot tell NCHW from NHWC"),
+    "mask channels": (lambda d: (np.zeros((4, 2, 8, 8)), np.zeros((4, 2, 8, 8)), np.ones((4, 3, 8, 8))),
+                      "has 3 channels; expected 1 .one mask per pixel. or 2 .one per target channel."),
+    "per-channel mask, other condition channels": (
+        lambda d: (np.zeros((4, 2, 8, 8)), np.zeros((4, 1, 8, 8)), np.ones((4, 2, 8, 8))),
+        "a per-channel mask needs a condition with the target's 2 channels"),
 }
 
 
@@ -278,3 +283,27 @@ def test_rows_poisoned_after_convert_are_refused_where_decoded(tmp_path):
         idx = int(cols["index"][5])
         with pytest.raises(InputError, match=rf"--data ds: .* at row {idx}\b"):
             decode_batch(read_split(shard.parent), meta.normalization, where="--data ds")
+
+
+def test_per_channel_masks_are_kept_per_channel(tmp_path):
+    """#19.3: a (N, C, H, W) mask is stored per channel; unknown values of one channel become NaN while the
+    other channel's value at that pixel is kept."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 2, 5, 7)).astype(np.float32)
+    m = (rng.uniform(size=x.shape) < 0.5).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "c.npy", x)
+    np.save(tmp_path / "m.npy", m)
+    convert(str(tmp_path / "x.npy"), tmp_path / "ds", ConvertOptions(condition=str(tmp_path / "c.npy"),
+                                                                  mask=str(tmp_path / "m.npy"), val_fraction=0.0))
+    meta = DatasetMeta.load(tmp_path / "ds")
+    assert meta.mask_channels == 2 and meta.doc["shapes"]["mask"] == [2, 5, 7]
+    got = _read_all(tmp_path / "ds")
+    assert np.array_equal(got["mask"], m)
+    assert np.array_equal(got["condition"][m == 1], x[m == 1]) and np.isnan(got["condition"][m == 0]).all()
+    b = decode_batch(got, meta.normalization)
+    assert b["mask"].shape == (6, 2, 5, 7)
+    np.save(tmp_path / "m1.npy", m[:, :1])  # per pixel: one channel
+    convert(str(tmp_path / "x.npy"), tmp_path / "ds1", ConvertOptions(condition=str(tmp_path / "c.npy"),
+                                                                   mask=str(tmp_path / "m1.npy"), val_fraction=0.0))
+    assert DatasetMeta.load(tmp_path / "ds1").mask_channels == 1

@@ -75,8 +75,8 @@ def test_any_size_is_padded_and_cropped_back(hw):
     from cfgdiff.unet import pad_to_multiple, padding_for
 
     torch.manual_seed(0)
-    m = ConditionalUNet(ModelConfig(image_size=(16, 16), **{**TINY, "dim_mults": (1, 2, 4)}))
     H, W = hw
+    m = ConditionalUNet(ModelConfig(image_size=hw, **{**TINY, "dim_mults": (1, 2, 4)}))
     x, c, mk = torch.randn(2, 1, H, W), torch.randn(2, 1, H, W), (torch.rand(2, 1, H, W) < 0.5).float()
     t = torch.tensor([3, 700])
     pads = padding_for(H, W, 4)
@@ -193,3 +193,16 @@ def test_odd_sized_fields_train_and_reconstruct_with_known_pixels_exact(hw):
         res = sample(model, x0 * mask, mask, schedule=schedule, steps=3, seed=0)
     assert res.x0.shape == (2, 1, H, W)
     assert torch.equal(res.x0[mask.bool()], x0[mask.bool()])
+
+
+def test_per_channel_masks_widen_the_mask_input():
+    """#19.3: mask_channels = C gives the network one mask per target channel (concat and control encoder)."""
+    cfg = ModelConfig(in_channels=2, cond_channels=2, mask_channels=2, image_size=(8, 12), **TINY)
+    m = ConditionalUNet(cfg)
+    assert m.init_conv.in_channels == 2 + 2 + 2 and m.control.stem.in_channels == 2 + 2
+    x = torch.randn(2, 2, 8, 12)
+    assert m(x, torch.tensor([0, 5]), torch.randn_like(x), torch.ones(2, 2, 8, 12)).shape == x.shape
+    with pytest.raises(ValueError, match=r"mask must be \(2, 2, 8, 12\)"):
+        m(x, torch.tensor([0, 5]), torch.randn_like(x), torch.ones(2, 1, 8, 12))
+    with pytest.raises(ValueError, match="model.mask_channels must be 1 or in_channels=2, got 3"):
+        ModelConfig(in_channels=2, mask_channels=3)

@@ -60,16 +60,18 @@ class GaussianEps:
         return eps.float().reshape(x_t.shape)
 
 
-def kriging_problem(sched, N: int):
-    """The conditional Gaussian problem: 3 of 6 pixels known, N copies of one observation y, and its exact
-    kriging posterior (mean, covariance). Returns model, known, cond, mask, m_post, S_post."""
+def kriging_problem(sched, N: int, known=(1, 0, 0, 1, 0, 1), shape=SHAPE, mask_shape=(1, 2, 3)):
+    """The conditional Gaussian problem: 3 of 6 values known, N copies of one observation y, and its exact
+    kriging posterior (mean, covariance). ``shape`` lays the 6 values out as (C, H, W) and ``mask_shape``
+    is the mask's (1, H, W) per pixel or (C, H, W) per channel. Returns model, known, y, cond, mask, m_post,
+    S_post."""
     mu, sigma = gaussian_problem(1)
     model = GaussianEps(sched, mu, sigma)
-    known = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    known = torch.tensor(known, dtype=torch.bool)
     y = torch.tensor(np.random.default_rng(3).multivariate_normal(mu, sigma))
     m_post, S_post = model.conditional(y, known)
-    cond = (y * known).float().reshape(1, *SHAPE).expand(N, *SHAPE).contiguous()
-    mask = known.float().reshape(1, 1, 2, 3).expand(N, 1, 2, 3).contiguous()
+    cond = (y * known).float().reshape(1, *shape).expand(N, *shape).contiguous()
+    mask = known.float().reshape(1, *mask_shape).expand(N, *mask_shape).contiguous()
     return model, known, y, cond, mask, m_post, S_post
 
 
@@ -445,3 +447,29 @@ def test_sde_2m_reaches_the_data_distribution_with_fewer_steps_than_ddpm():
     for n in (10, 20):
         assert gap["dpm2m-sde", n] < 0.1 and gap["dpm2m-sde", n] < gap["ddpm", n] / 2, gap
     assert gap["dpm2m-sde", 5] < gap["ddpm", 5], gap
+
+
+def test_per_channel_masks_project_exactly_and_reach_the_two_channel_kriging_posterior():
+    """#19.3: 2-channel data (two rows of 3 pixels, the 6 values jointly Gaussian, correlated across the
+    channels) with a per-channel mask (N, 2, 1, 3): channel 0 is known at pixels 0 and 2, channel 1 only
+    at pixel 1, so no pixel is known or missing in both. The projection returns exactly the known values of
+    each channel and leaves the other channel's value at that pixel to the sampler; the samples' moments
+    on the missing values match the 2-channel kriging posterior (the exact conditional of all 6 values)."""
+    sched = NoiseSchedule.from_config(ScheduleConfig("linear", 1000))
+    N = 6000
+    model, known, _, cond, mask, m_post, S_post = kriging_problem(sched, N, known=(1, 0, 1, 0, 1, 0), shape=(2, 1, 3),
+                                                                  mask_shape=(2, 1, 3))
+    res = sample(model, cond, mask, schedule=sched, method="ddpm", steps=1000, eta=1.0,
+                 generator=torch.Generator().manual_seed(1), clip_x0=False)
+    x = res.x0.reshape(N, D)
+    assert torch.equal(x[:, known], cond.reshape(N, D)[:, known]), "each channel's known values, exactly"
+    assert x[:, ~known].std(0).min() > 0.05, "the other channel at a known pixel is sampled, not copied"
+    m, c = _moments(res.x0)
+    u = (~known).numpy()
+    se = np.sqrt(np.diag(S_post.numpy())[u] / N)
+    assert np.all(np.abs(m[u] - m_post.numpy()[u]) < 5 * se + 0.01)
+    uu = np.ix_(u, u)
+    assert np.max(np.abs(c[uu] - S_post.numpy()[uu])) < 5 * np.sqrt(2.0 / N) * np.max(np.diag(S_post.numpy())) + 0.01
+    # a per-pixel mask of the wrong channel count is refused
+    with pytest.raises(ValueError, match=r"per channel"):
+        sample(model, cond, mask[:, :1].repeat(1, 3, 1, 1)[:, :, :, :3], schedule=sched, steps=2, clip_x0=False)
