@@ -75,6 +75,11 @@ class ModelConfig:
                    f"model.groups={self.groups} must divide every level width dim*mult, got {self.dim * m}")
         _check(self.prediction in ("eps", "v"), f"model.prediction must be eps or v, got {self.prediction!r}")
 
+    def cross_attn_at(self) -> list[bool]:
+        """Whether each U-Net level attends to the control tokens: at levels of side <= cross_attn_max_res."""
+        side = max(self.image_size)
+        return [self.use_cross_attn and side // 2**i <= self.cross_attn_max_res for i in range(len(self.dim_mults))]
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:

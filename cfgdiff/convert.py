@@ -31,9 +31,11 @@ import pyarrow.parquet as pq
 import torch
 
 from .config import FORMAT_VERSION
-from .data import META, ArraySource, cell_dtype, tensor_field
+from .data import META, cell_dtype, tensor_field
 from .degrade import degrade_raw, parse_spec
 from .errors import InputError
+from .formats import input_paths, kind_of, open_source
+from .formats.images import check_paired
 from .normalize import Normalization, RunningStats
 from .validate import check_observations, check_targets
 
@@ -55,8 +57,9 @@ def _codecs(schema: pa.Schema, compression: str) -> str | dict[str, str]:
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    condition: str | None = None  # path (or path.npz:key) of the observed condition
-    mask: str | None = None  # path of the mask (1 = known)
+    condition: str | None = None  # path (or path.npz:key, data.nc:var, an image folder) of the observed condition
+    mask: str | None = None  # path of the mask (1 = known), or "alpha": the condition images' alpha channel
+    sample_dim: str | None = None  # NetCDF/Zarr: the dimension that becomes rows (default: the first)
     degrade: str | None = None  # make the condition from the target with this spec
     layout: str | None = None  # NHW, NCHW or NHWC; detected when unambiguous
     force_layout: bool = False  # accept an explicit layout with more channels than a spatial side
@@ -81,24 +84,24 @@ def _sha256(files) -> str:
     return h.hexdigest()
 
 
-def _validate_shapes(ref: ArraySource, cond: ArraySource | None, mask: ArraySource | None) -> None:
+def _validate_shapes(ref, cond, mask) -> None:
     N, (_, H, W) = len(ref), ref.chw
     for src in (cond, mask):
         if src is None or src is ref:
             continue
         if len(src) != N:
-            raise InputError(f"{src.files[0]} ({src.role}): has N={len(src)} samples but the {ref.role} has N={N}")
+            raise InputError(f"{src.name} ({src.role}): has N={len(src)} samples but the {ref.role} has N={N}")
         if src.chw[1:] != (H, W):
-            raise InputError(f"{src.files[0]} ({src.role}): spatial shape {src.chw[1:]} does not match the "
+            raise InputError(f"{src.name} ({src.role}): spatial shape {src.chw[1:]} does not match the "
                              f"{ref.role}'s {(H, W)}")
     if mask is not None and mask.chw[0] != 1:  # per-channel: the known values are the condition's, in target space
         C = ref.chw[0]
         if mask.chw[0] != C:
-            raise InputError(f"{mask.files[0]} (mask): has {mask.chw[0]} channels; expected 1 (one mask per pixel) "
+            raise InputError(f"{mask.name} (mask): has {mask.chw[0]} channels; expected 1 (one mask per pixel) "
                              f"or {C} (one per {ref.role} channel)")
         if cond is not None and cond.chw[0] != C:
-            raise InputError(f"{mask.files[0]} (mask): a per-channel mask needs a condition with the {ref.role}'s "
-                             f"{C} channels, but {cond.files[0]} has {cond.chw[0]}")
+            raise InputError(f"{mask.name} (mask): a per-channel mask needs a condition with the {ref.role}'s "
+                             f"{C} channels, but {cond.name} has {cond.chw[0]}")
 
 
 def _mask_for(chunk_cond, chunk_mask, opts, where: str) -> np.ndarray:
@@ -129,12 +132,12 @@ def _pass1(target, cond, mask, opts, progress) -> tuple[RunningStats | None, Run
         stop = min(N, start + opts.chunk_rows)
         if target is not None:
             x = target.read(start, stop)
-            check_targets(x, f"{target.files[0]} (target)", rows=range(start, stop))
+            check_targets(x, f"{target.name} (target)", rows=range(start, stop))
             t_stats.update(x)
         if cond is not None:
             c = cond.read(start, stop)
-            m = _mask_for(c, mask.read(start, stop) if mask else None, opts, str(mask.files[0]) if mask else "")
-            check_observations(c, m, f"{cond.files[0]} (condition)", rows=range(start, stop))
+            m = _mask_for(c, mask.read(start, stop) if mask else None, opts, mask.name if mask else "")
+            check_observations(c, m, f"{cond.name} (condition)", rows=range(start, stop))
             c_stats.update(c, m.astype(bool) if m.any() else None)
             mask_kinds.add("explicit" if mask else ("nan_or_zeros" if m.any() else "none"))
         if progress:
@@ -249,15 +252,25 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
     comps = parse_spec(opts.degrade) if opts.degrade else None
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-    for spec in (target_spec, opts.condition, opts.mask):
-        src = Path(spec.rsplit(":", 1)[0] if spec and ".npz:" in spec else spec) if spec else None
+    alpha = opts.mask == "alpha"
+    for spec in (target_spec, opts.condition, None if alpha else opts.mask):
+        src = input_paths(spec) if spec else None
         if src is not None and src.resolve().is_relative_to(out.resolve()):
             raise InputError(f"--out {out}: holds the input {spec}; replacing it would delete your data, "
                              "choose another --out")
-    target = ArraySource(target_spec, "target", opts.layout, opts.force_layout) if target_spec is not None else None
-    cond = ArraySource(opts.condition, "condition", opts.layout, opts.force_layout) if opts.condition else None
-    mask = ArraySource(opts.mask, "mask", None) if opts.mask else None  # (N,H,W), (N,1,H,W) or per channel (N,C,H,W)
+    if alpha and kind_of(opts.condition) != "images":
+        raise InputError(f"--mask alpha: the condition {opts.condition} is not a folder of images with an alpha channel")
+    src_opts = dict(layout=opts.layout, force_layout=opts.force_layout, sample_dim=opts.sample_dim)
+    target = open_source(target_spec, "target", **src_opts) if target_spec is not None else None
+    cond = open_source(opts.condition, "condition", **src_opts, alpha=alpha) if opts.condition else None
+    # (N,H,W), (N,1,H,W) or per channel (N,C,H,W)
+    mask = open_source(opts.condition if alpha else opts.mask, "mask", sample_dim=opts.sample_dim, alpha=alpha) \
+        if opts.mask else None
     ref = target if target is not None else cond
+    if opts.sample_dim and not any(s is not None and kind_of(s) == "xarray" for s in (target_spec, opts.condition)):
+        raise InputError(f"--sample-dim {opts.sample_dim}: applies to NetCDF and Zarr variables (FILE.nc:VAR)")
+    for other in (cond, mask):
+        check_paired(ref, other)
     _validate_shapes(ref, cond, mask)
     N, (C, H, W) = len(ref), ref.chw
     is_val = split_rows(N, opts.val_fraction, opts.seed, _load_groups(opts.groups, N) if opts.groups else None)
@@ -315,6 +328,7 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
             "mask_source": "degrade" if comps else mask_source, "degrade": opts.degrade,
             "sources": {"target": target.sources() if target else None,
                         "condition": cond.sources() if cond else None, "mask": mask.sources() if mask else None},
+            "source": (cond or target).describe(),
             "sha256": {role: _sha256(src.files) for role, src in
                        (("target", target), ("condition", cond), ("mask", mask)) if src is not None},
         }

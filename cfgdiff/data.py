@@ -94,24 +94,43 @@ class ArraySource:
             self.parts, self.files = [_open_npy(path)], [path]
         else:
             raise InputError(f"{path}: expected a .npy or .npz file or a directory of .npy shards ({role})")
+        self.name = str(self.files[0])  # how error messages name this source
+        self._setup(layout, force_layout)
+
+    @classmethod
+    def from_parts(cls, spec: str, role: str, parts: list, files: list[Path], layout: str | None = None,
+                   force_layout: bool = False) -> ArraySource:
+        """A source over array-likes that slice lazily (h5py datasets): the same checks and reads as .npy."""
+        self = cls.__new__(cls)
+        self.spec, self.role, self.parts, self.files = spec, role, parts, files
+        self.name = spec  # how error messages name this source
+        self._setup(layout, force_layout)
+        return self
+
+    def describe(self) -> dict[str, Any] | None:
+        """What a writer needs to put results back in the source's form (None: plain arrays)."""
+        return None
+
+    def _setup(self, layout: str | None, force_layout: bool) -> None:
+        role = self.role
         first = self.parts[0]
         for f, p in zip(self.files, self.parts):
             if p.shape[1:] != first.shape[1:] or p.dtype != first.dtype:
-                raise InputError(f"{f}: shard shape {p.shape}/{p.dtype} differs from {self.files[0]}: "
+                raise InputError(f"{f}: shard shape {p.shape}/{p.dtype} differs from {self.name}: "
                                  f"{first.shape}/{first.dtype}")
             if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)
                     or p.dtype == np.bool_):
                 raise InputError(f"{f}: dtype {p.dtype} is not a float, integer or bool array")
         self.dtype = first.dtype
-        self.layout = detect_layout(first.shape, layout, f"{self.files[0]} ({role})", force_layout)
+        self.layout = detect_layout(first.shape, layout, f"{self.name} ({role})", force_layout)
         self.offsets = np.cumsum([0] + [p.shape[0] for p in self.parts])
         if self.offsets[-1] == 0:
-            raise InputError(f"{self.files[0]}: empty array ({role}); expected at least one sample")
+            raise InputError(f"{self.name}: empty array ({role}); expected at least one sample")
         C, H, W = self.chw
         if C < 1:
-            raise InputError(f"{self.files[0]} ({role}): has 0 channels (shape {first.shape}, layout {self.layout})")
+            raise InputError(f"{self.name} ({role}): has 0 channels (shape {first.shape}, layout {self.layout})")
         if min(H, W) < MIN_SIDE:
-            raise InputError(f"{self.files[0]} ({role}): images are {H}x{W}; cfgdiff needs at least "
+            raise InputError(f"{self.name} ({role}): images are {H}x{W}; cfgdiff needs at least "
                              f"{MIN_SIDE}x{MIN_SIDE} pixels")
 
     def __len__(self) -> int:

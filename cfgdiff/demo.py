@@ -87,16 +87,20 @@ TURBULENCE_SNAPSHOTS = 32  # snapshots per trajectory
 
 
 def write_demo(out, kind: str = "grf", n: int = 2048, size: int = 32, seed: int = 0, alpha: float = 4.0,
-               k0: float = 1.0, progress=None) -> dict:
+               k0: float = 1.0, progress=None, fmt: str = "npy") -> dict:
     """Write ``out/target.npy`` and ``out/demo.json`` (kind and the parameters of the exact covariance).
 
-    ``turbulence`` also writes ``out/groups.npy``, the trajectory of each row, for ``convert --groups``."""
+    ``turbulence`` also writes ``out/groups.npy``, the trajectory of each row, for ``convert --groups``.
+    ``fmt`` other than npy writes the fields as users keep them instead (``cfgdiff.formats.demo_files``)."""
     import json
     import os
     from pathlib import Path
 
     from .errors import InputError
+    from .formats.demo_files import FORMATS, write_files
 
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if kind not in KINDS:
         raise InputError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if n < 2 or size < 4:
@@ -123,6 +127,11 @@ def write_demo(out, kind: str = "grf", n: int = 2048, size: int = 32, seed: int 
         meta.update(alpha=alpha, k0=k0, mean=0.0, note="covariance = cfgdiff.demo.grf_covariance(size, size, alpha, k0)")
     else:
         x = smooth_shapes(n, size, size, seed)
+    if fmt != "npy":
+        files = write_files(out, x, kind, fmt, seed)
+        meta.update(format=fmt, files=files)
+        (out / DEMO_META).write_text(json.dumps(meta, indent=2))
+        return {**files, **meta}
     for name, arr in (("target", x), ("groups", groups if kind == "turbulence" else None)):
         if arr is not None:
             tmp = out / f"{name}.tmp.npy"

@@ -80,10 +80,10 @@ def describe(cfg: ModelConfig) -> list[str]:
     """One line per level: side, channels, blocks and the attention there."""
     levels = len(cfg.dim_mults)
     sides = level_sides(*cfg.image_size, levels)
-    lines = []
+    lines, cross = [], cfg.cross_attn_at()  # as the U-Net decides
     for i, ((h, w), m) in enumerate(zip(sides, cfg.dim_mults)):
         attn = ["linear attention"] if i in cfg.linear_attn_levels else []
-        if cfg.use_cross_attn and max(cfg.image_size) // 2**i <= cfg.cross_attn_max_res:  # as the U-Net decides
+        if cross[i]:
             attn.append("cross-attention")
         if i == levels - 1 and cfg.mid_attention:
             attn.append("softmax attention (bottleneck)")

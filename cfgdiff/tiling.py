@@ -42,14 +42,15 @@ def windows(H: int, W: int, tile: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def blend_weights(H: int, W: int, tile: int, overlap: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """The windows and each one's normalised weight map (n_windows, H, W): at every pixel they sum to one."""
+    """The windows and each one's normalised weights on its own window (n_windows, tile, tile): at every pixel
+    of the field, the weights of the windows covering it sum to one. Memory is n_windows x tile^2, not x H x W."""
     wins = windows(H, W, tile, overlap)
     r = ramp(tile, overlap)
     w2 = r[:, None] * r[None, :]
-    maps = torch.zeros(len(wins), H, W, dtype=torch.float64)
-    for j, (y, x) in enumerate(wins):
-        maps[j, y:y + tile, x:x + tile] = w2
-    return wins, maps / maps.sum(0)
+    total = torch.zeros(H, W, dtype=torch.float64)
+    for y, x in wins:
+        total[y:y + tile, x:x + tile] += w2
+    return wins, torch.stack([w2 / total[y:y + tile, x:x + tile] for y, x in wins])
 
 
 class TiledDenoiser:
@@ -80,7 +81,7 @@ class TiledDenoiser:
         out = self.model(cut(x_t), t.repeat(len(wins)), cut(cond), cut(mask)).float()
         fused = torch.zeros(B, out.shape[1], H, W, device=x_t.device)
         for j, (y, x) in enumerate(wins):
-            fused[..., y:y + T, x:x + T] += maps[j, y:y + T, x:x + T] * out[j * B:(j + 1) * B]
+            fused[..., y:y + T, x:x + T] += maps[j] * out[j * B:(j + 1) * B]
         return fused
 
 

@@ -53,8 +53,7 @@ class ConditionalUNet(nn.Module):
         self.init_conv = nn.Conv2d(C + (Cc + Cm if cfg.use_concat else 0), dim, 3, padding=1)
         use_control = cfg.use_control_add or cfg.use_cross_attn
         self.control = ControlEncoder(Cc + Cm, tuple(chs), cfg.groups) if use_control else None
-        H, W = cfg.image_size
-        cross = [cfg.use_cross_attn and max(H, W) // 2**i <= cfg.cross_attn_max_res for i in range(L)]
+        cross = cfg.cross_attn_at()
         lin = [i in cfg.linear_attn_levels for i in range(L)]
         n = cfg.num_res_blocks
         self.down = nn.ModuleList()

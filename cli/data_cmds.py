@@ -6,14 +6,18 @@ import click
 
 from cfgdiff.convert import ConvertOptions, convert
 from cfgdiff.demo import KINDS, write_demo
+from cfgdiff.formats.demo_files import FORMATS
 
 from .common import Progress
 
 
 @click.command("convert")
 @click.argument("target")
-@click.option("--condition", metavar="C", help="Observed condition array (.npy, FILE.npz:KEY or a .npy directory).")
-@click.option("--mask", metavar="M", help="Mask array, 1 = known (default: NaN in the condition means missing).")
+@click.option("--condition", metavar="C", help="Observed condition: an array or file as TARGET (an image folder pairs "
+              "with TARGET's by file name).")
+@click.option("--mask", metavar="M", help="Mask, 1 = known: an array, FILE.nc:VAR, a folder of mask images (white = "
+              "known, paired by name) or 'alpha' (the condition images' alpha). Default: NaN or _FillValue = missing.")
+@click.option("--sample-dim", metavar="DIM", help="NetCDF/Zarr: the dimension that becomes rows [default: the first].")
 @click.option("--degrade", metavar="SPEC", help="Make the condition from the target: drop:0.8, sensors:64, box:0.25, "
               "strokes:4, half, lines:2, sr:2, noise:0.1, mix:drop:0.4,box:0.25,sr:2.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset directory.")
@@ -31,17 +35,19 @@ from .common import Progress
                    "masks and integer data lz4.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.pass_context
-def convert_cmd(ctx, target, condition, mask, degrade, out, layout, force_layout, mask_from_zeros, normalization,
+def convert_cmd(ctx, target, condition, mask, sample_dim, degrade, out, layout, force_layout, mask_from_zeros, normalization,
                 val_fraction, groups, seed, chunk_rows, compression, overwrite):
-    """Convert paired numpy arrays to sharded Parquet for training and inference.
+    """Convert paired arrays or files to sharded Parquet for training and inference.
 
-    TARGET is the clean array: .npy (memory-mapped), FILE.npz[:KEY], or a directory of .npy shards,
-    laid out (N,H,W), (N,C,H,W) or (N,H,W,C). Any float or integer dtype.
+    TARGET is the clean data: .npy (memory-mapped), FILE.npz[:KEY] or a folder of .npy shards, laid out
+    (N,H,W), (N,C,H,W) or (N,H,W,C); a folder of PNG/JPEG/TIFF images (one row per file); FILE.nc:VAR[,VAR]
+    or STORE.zarr:VAR[,VAR] (variables stacked as channels); FILE.h5:/GROUP/DATASET. Any float or integer dtype.
     """
     if mask_from_zeros:
         click.echo("warning: --mask-from-zeros counts real zeros in the condition as missing", err=True)
     quiet = ctx.obj.get("verbose") is False
-    opts = ConvertOptions(condition=condition, mask=mask, degrade=degrade, layout=layout, force_layout=force_layout,
+    opts = ConvertOptions(condition=condition, mask=mask, sample_dim=sample_dim, degrade=degrade, layout=layout,
+                          force_layout=force_layout,
                           mask_from_zeros=mask_from_zeros, normalization=normalization, val_fraction=val_fraction,
                           groups=groups, seed=seed, chunk_rows=chunk_rows, compression=compression, overwrite=overwrite)
     bars = {"scan": Progress("scan ", not quiet), "write": Progress("write", not quiet)}
@@ -59,11 +65,17 @@ def convert_cmd(ctx, target, condition, mask, degrade, out, layout, force_layout
 @click.option("--n", type=int, default=2048, show_default=True, help="Number of samples.")
 @click.option("--size", type=int, default=32, show_default=True, help="Image side.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="npy", show_default=True,
+              help="npy: target.npy; nc, zarr, h5: fields and observed (80%% missing) files with coordinates; png, tif: "
+                   "images/ and masks/ folders (16-bit PNG or float TIFF).")
 @click.pass_context
-def demo_data_cmd(ctx, out, kind, n, size, seed):
+def demo_data_cmd(ctx, out, kind, n, size, seed, fmt):
     """Generate an offline demo dataset (nothing is downloaded)."""
     bar = Progress("simulate", ctx.obj.get("verbose") is not False, unit="trajectory")
-    meta = write_demo(out, kind=kind, n=n, size=size, seed=seed, progress=bar if kind == "turbulence" else None)
+    meta = write_demo(out, kind=kind, n=n, size=size, seed=seed, progress=bar if kind == "turbulence" else None, fmt=fmt)
+    if fmt != "npy":
+        click.echo(f"wrote {', '.join(meta['files'].values())} ({n} x 1 x {size} x {size}, {kind})")
+        return
     click.echo(f"wrote {meta['target']} ({n} x 1 x {size} x {size}, {kind})")
     if "groups" in meta:
         click.echo(f"wrote {meta['groups']} ({meta['trajectories']} trajectories; vorticity kurtosis "

@@ -27,11 +27,14 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 
 @click.command("infer")
 @click.argument("checkpoint", required=False, type=click.Path())
-@click.option("--input", "input_", required=True, help="cfgdiff dataset dir, or .npy/.npz conditions (NaN = missing) "
+@click.option("--input", "input_", required=True, help="cfgdiff dataset dir, or conditions (NaN or _FillValue = "
+              "missing) as convert reads them: .npy/.npz, an image folder, FILE.nc:VAR, STORE.zarr:VAR, FILE.h5:/DATASET; "
               "or clean targets with --degrade.")
-@click.option("--out", required=True, help="OUT.npy or OUT.parquet; OUT.metrics.json, OUT.grid.png (and with "
-              "--num-samples > 1 OUT.std.npy, OUT.samples.npy) are written beside it.")
-@click.option("--mask", help="Mask array (1 = known) for .npy/.npz conditions.")
+@click.option("--out", required=True, help="OUT.npy, OUT.parquet, OUT.nc or OUT.zarr (the input's dimensions, coordinates "
+              "and attributes, with NAME_std and mask), or DIR/ (one image per input image); OUT.metrics.json, "
+              "OUT.grid.png (and for .npy with --num-samples > 1 OUT.std.npy, OUT.samples.npy) beside it.")
+@click.option("--mask", help="Mask (1 = known) for array or file conditions: as convert's --mask (incl. 'alpha').")
+@click.option("--sample-dim", metavar="DIM", help="NetCDF/Zarr input: the dimension that becomes rows [default: first].")
 @click.option("--degrade", metavar="SPEC", help="Degrade clean targets (benchmarking), e.g. drop:0.8 or sr:2.")
 @click.option("--split", type=click.Choice(["train", "val", "all"]), default=None,
               help="Split of a dataset directory to reconstruct [default: val]; array inputs are reconstructed whole.")
@@ -67,7 +70,7 @@ def parse_resample(value: str | None) -> tuple[int, int] | None:
 @click.option("--from-tune", type=click.Path(), help="Use best.json of a `cfgdiff tune` directory (checkpoint, w).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.pass_context
-def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, num_cpus, dashboard, actors, gpu,
+def infer_cmd(ctx, checkpoint, input_, out, mask, sample_dim, degrade, split, ray_address, num_cpus, dashboard, actors, gpu,
               gpus_per_actor, threads_per_actor, limit, batch_size, model_batch, method, steps, eta, w, resample,
               precision, num_samples, tile, overlap, seed, from_tune, overwrite):
     """Reconstruct a batch of observations in parallel on Ray actors (CHECKPOINT or --from-tune)."""
@@ -94,8 +97,8 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, degrade, split, ray_address, n
         raise InputError(str(e).replace("sampler.", "--")) from None
     if sampler.steps > ck.config.schedule.num_timesteps:
         raise InputError(f"--steps {sampler.steps} exceeds the schedule's T={ck.config.schedule.num_timesteps}")
-    job = InferJob(checkpoint=checkpoint, input=input_, out=out, mask=mask, degrade=degrade, split=split,
-                   actors=actors, gpus_per_actor=gpus_per_actor or (1.0 if gpu else 0.0),
+    job = InferJob(checkpoint=checkpoint, input=input_, out=out, mask=mask, sample_dim=sample_dim, degrade=degrade,
+                   split=split,                   actors=actors, gpus_per_actor=gpus_per_actor or (1.0 if gpu else 0.0),
                    threads_per_actor=threads_per_actor, limit=limit,
                    batch_size=batch_size, model_batch=model_batch, sampler=sampler, num_samples=num_samples,
                    seed=seed, overwrite=overwrite, tile=tile, overlap=overlap)

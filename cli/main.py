@@ -25,7 +25,7 @@ def cli(ctx: click.Context, verbose: bool | None, debug: bool) -> None:
 
     \b
     Typical flow:
-      cfgdiff demo-data --out data/raw            # or bring your own .npy/.npz arrays
+      cfgdiff demo-data --out data/raw            # or your own .npy, images, .nc, .zarr, .h5
       cfgdiff convert data/raw/target.npy --degrade drop:0.8 --out data/ds
       cfgdiff train --data data/ds --workers 2    # Ray Train; add --gpu on GPU nodes
       cfgdiff tune  --data data/ds                # Ray Tune over p (dropout) and w (guidance)

@@ -37,22 +37,25 @@ from cfgdiff.api import check_mask_channels, finalize, prepare_inputs, reconstru
 from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
 from cfgdiff.config import SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
-from cfgdiff.data import META, DatasetMeta, as_numpy_batch, iter_parquet_batches, read_split
-from cfgdiff.degrade import row_kinds
+from cfgdiff.data import META, DatasetMeta, as_numpy_batch, iter_parquet_batches
 from cfgdiff.errors import InputError
+from cfgdiff.formats import kind_of
 from cfgdiff.metrics import coverage, known_error, mae_missing, psnr, ssim, std_error_correlation
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.tiling import plan_tiling
 from cfgdiff.validate import check_observations
+
+from .outputs import check_output, outputs, rows_in, write_outputs
 
 logger = logging.getLogger("cfgdiff.infer")
 
 @dataclass
 class InferJob:
     checkpoint: str  # checkpoint directory
-    input: str  # cfgdiff dataset dir, or .npy/.npz (targets with `degrade`, or conditions)
-    out: str  # OUT.npy or OUT.parquet; side files OUT.*.{npy,png,json} next to it
-    mask: str | None = None  # mask array for .npy/.npz conditions
+    input: str  # cfgdiff dataset dir, or arrays or files (targets with `degrade`, or conditions): see cfgdiff.formats
+    out: str  # OUT.npy, OUT.parquet, OUT.nc, OUT.zarr or a folder of images; side files OUT.*.{npy,png,json}
+    mask: str | None = None  # mask (1 = known) for array or file conditions; "alpha" for images' alpha channel
+    sample_dim: str | None = None  # NetCDF/Zarr input: the dimension that becomes rows
     condition: str | None = None  # condition array when `input` holds targets
     degrade: str | None = None  # make conditions from clean targets (benchmarking)
     split: str | None = None  # split of a dataset directory ("train", "val" or "all"; None = "val"); arrays are whole
@@ -73,18 +76,6 @@ class InferJob:
     overlap: int | None = None  # window overlap in pixels (default tile // 4)
 
 
-def _side(out: Path, suffix: str) -> Path:
-    return out.with_name(out.stem + suffix)
-
-
-def _outputs(job: InferJob) -> list[Path]:
-    out = Path(job.out)
-    files = [out, _side(out, ".metrics.json"), _side(out, ".grid.png")]
-    if job.num_samples > 1:
-        files += [_side(out, ".std.npy"), _side(out, ".samples.npy")] if out.suffix == ".npy" else []
-    return files
-
-
 def _prepare_input(job: InferJob, tmp: Path) -> tuple[DatasetMeta, str]:
     """A cfgdiff dataset for any input, and the split to reconstruct: a dataset directory is used as
     is (``job.split``, default val); arrays are converted (validated) into ``tmp`` and reconstructed whole."""
@@ -96,11 +87,11 @@ def _prepare_input(job: InferJob, tmp: Path) -> tuple[DatasetMeta, str]:
     if job.split is not None:
         raise InputError(f"--split {job.split}: applies to cfgdiff dataset directories; array input {src} is "
                          "reconstructed whole")
-    if src.suffix in (".npy", ".npz") or src.is_dir():
+    if src.suffix in (".npy", ".npz") or src.is_dir() or kind_of(job.input) != "npy":
         opts = ConvertOptions(condition=job.condition, mask=job.mask, degrade=job.degrade, val_fraction=0.0,
-                              seed=job.seed)
+                              seed=job.seed, sample_dim=job.sample_dim)
         if job.condition is None and job.degrade is None:  # the input holds conditions
-            opts = ConvertOptions(condition=job.input, mask=job.mask, val_fraction=0.0)
+            opts = ConvertOptions(condition=job.input, mask=job.mask, val_fraction=0.0, sample_dim=job.sample_dim)
             convert(None, tmp / "in", opts)
         else:
             convert(job.input, tmp / "in", opts)
@@ -108,7 +99,8 @@ def _prepare_input(job: InferJob, tmp: Path) -> tuple[DatasetMeta, str]:
         if meta.doc["mask_source"] == "none":
             raise InputError(f"--input {src}: no mask; pass --mask M (1 = known) or mark missing pixels as NaN")
         return meta, "all"
-    raise InputError(f"--input {src}: expected a cfgdiff dataset directory, a .npy/.npz file or a .npy directory")
+    raise InputError(f"--input {src}: expected a cfgdiff dataset directory, a .npy/.npz file, a .npy or image folder, "
+                     "FILE.nc:VAR, STORE.zarr:VAR or FILE.h5:/DATASET")
 
 
 def _split_dirs(meta: DatasetMeta, split: str) -> list[Path]:
@@ -123,11 +115,7 @@ def _split_dirs(meta: DatasetMeta, split: str) -> list[Path]:
 
 def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
     mc = ckpt.config.model
-    if job.out.rsplit(".", 1)[-1] not in ("npy", "parquet"):
-        raise InputError(f"--out {job.out}: the extension must be .npy or .parquet")
-    existing = [str(p) for p in _outputs(job) if p.exists()]
-    if existing and not job.overwrite:
-        raise InputError(f"--out {job.out}: {existing[0]} exists; pass --overwrite to replace it")
+    check_output(job, meta, mc.in_channels)
     if not meta.has_condition:
         raise InputError(f"--input {job.input}: holds no conditions or masks; pass --degrade SPEC to make them")
     shp = meta.doc["shapes"]["condition"]
@@ -248,12 +236,6 @@ def _check_resources(job: InferJob) -> None:
                              f"cluster has {have.get(name, 0):g}")
 
 
-def _rows_in(batch: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
-    """The rows of a raw batch whose index is in the sorted ``index`` (``--limit``)."""
-    keep = np.isin(batch["index"], index)
-    return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
-
-
 def _deal(actors: list, batches, *extra) -> Iterator[dict[str, np.ndarray]]:
     """Results of ``actor.__call__(batch, *extra)`` for every batch, in completion order, one call in flight
     per actor (the next batch is read only when an actor is free, so memory stays bounded)."""
@@ -311,7 +293,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
     try:
         batches = (b for d in dirs for b in iter_parquet_batches(d, job.batch_size))
         if job.limit is not None:
-            batches = (k for b in batches if len((k := _rows_in(b, index))["index"]))
+            batches = (k for b in batches if len((k := rows_in(b, index))["index"]))
         for b in _deal(actors, batches, [ref]):
             work_start, work_end = min(work_start, b["batch_t0"].min()), max(work_end, b["batch_t1"].max())
             pos = np.searchsorted(index, b["index"])
@@ -337,76 +319,9 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
                            f"{int((seen > 1).sum())} duplicated")
     metrics = {k: metric_sums[k] / max(metric_counts[k], 1) for k in metric_sums}
     degraded = (meta.doc["degrade"], meta.doc.get("seed", 0)) if meta.doc.get("mask_source") == "degrade" else None
-    _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, ckpt.normalization.target.data_range(), degraded)
+    write_outputs(job, meta, index, rec, std, smp, tmp, dirs, metrics, ckpt.normalization.target.data_range(), degraded)
     # steady state: from the first batch an actor started to the last it finished (actor start-up excluded)
     steady = N / max(float(work_end - work_start), 1e-9) if N else None
     return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "steady_images_per_s": steady,
             "startup_s": float(work_start - t0) if N else None, "model_calls_per_image": calls,
-            "metrics": metrics, "outputs": [str(p) for p in _outputs(job) if p.exists()]}
-
-
-def _write_outputs(job, index, rec, std, smp, tmp, dirs, metrics, data_range, degraded) -> None:
-    import json
-
-    out = Path(job.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rec.flush()
-    if out.suffix == ".npy":
-        os.replace(tmp / "rec.npy", out)
-        if std is not None:
-            std.flush()
-            smp.flush()
-            os.replace(tmp / "std.npy", _side(out, ".std.npy"))
-            os.replace(tmp / "smp.npy", _side(out, ".samples.npy"))
-    else:
-        part = tmp / "out.parquet"
-        with pq.ParquetWriter(part, _schema(rec, std, smp), compression="zstd") as w:
-            for a in range(0, len(index), 1024):
-                cols = {"index": pa.array(index[a:a + 1024]),
-                        "reconstruction": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(rec[a:a + 1024]))}
-                if std is not None:
-                    cols["std"] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(std[a:a + 1024]))
-                    cols["samples"] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(smp[a:a + 1024]))
-                w.write_table(pa.table(cols))
-        os.replace(part, out)
-    _grid(job, index, rec, std, dirs, _side(out, ".grid.png"), degraded)
-    doc = {"rows": len(index), "num_samples": job.num_samples, "sampler": job.sampler.__dict__, "metrics": metrics,
-           "units": "psnr/ssim in your units against the data range stated here; mae_missing in normalised "
-                    "target units; known_error in your units",
-           "data_range": list(data_range)}
-    tmp_json = tmp / "metrics.json"
-    tmp_json.write_text(json.dumps(doc, indent=2, default=list))
-    os.replace(tmp_json, _side(out, ".metrics.json"))
-
-
-def _schema(rec, std, smp) -> pa.Schema:
-    f = [pa.field("index", pa.int64()), pa.field("reconstruction", pa.fixed_shape_tensor(pa.float32(), rec.shape[1:]))]
-    if std is not None:
-        f += [pa.field("std", pa.fixed_shape_tensor(pa.float32(), std.shape[1:])),
-              pa.field("samples", pa.fixed_shape_tensor(pa.float32(), smp.shape[1:]))]
-    return pa.schema(f)
-
-
-def _grid(job, index, rec, std, dirs, path: Path, degraded: tuple[str, int] | None) -> None:
-    """observed | mask | reconstruction | std | target (when known) for the first rows, labelled."""
-    from .plots import panel_grid  # matplotlib loads only when a grid is drawn
-    raw = _rows_in(read_split(dirs[0], limit=job.grid_rows), index)
-    n = len(raw["index"])
-    if n == 0:
-        return
-    order = np.searchsorted(index, raw["index"])  # slots of these rows in the output
-    rows = []
-    for i in range(n):
-        j = order[i]
-        cond = raw["condition"][i].astype(np.float32)
-        mask = raw["mask"][i] if "mask" in raw else np.ones_like(cond[:1])
-        observed = np.where(mask.astype(bool), cond, np.nan) if mask.any() else cond
-        row = [observed, mask, rec[j], std[j] if std is not None else None]
-        if "target" in raw:
-            row.append(raw["target"][i])
-        rows.append(row)
-    kinds = row_kinds(degraded[0], degraded[1], raw["index"]) if degraded else None
-    labels = [f"row {int(raw['index'][i])}" + (f"\n{kinds[i]}" if kinds else "") for i in range(n)]
-    columns = ["observed", "mask", "reconstruction", "std (K samples)"] + (["target"] if "target" in raw else [])
-    panel_grid(path, rows, columns, labels, ["value", "mask", "value", "std"] + (["value"] if "target" in raw else []),
-               title="grey = not observed" + ("" if std is not None else "; std needs --num-samples > 1"))
+            "metrics": metrics, "outputs": [str(p) for p in outputs(job) if p.exists()]}

@@ -30,14 +30,14 @@ SKIPS = {"make run and make test are the bootstrap and CI's own commands", "need
 # option -> {value in the README: tiny value}
 SIZES = {
     "--steps": {"2000": "4", "4000": "6", "20": "2"},
-    "--n": {"32768": "96", "4096": "64"},
+    "--n": {"32768": "96", "4096": "64", "512": "40"},
     "--trials": {"4": "1"},
     "--epochs": {"3": "1"},
     "--w-grid": {"0,0.5,1,1.5,2,3,5": "0,1"},
     "--num-samples": {"8": "2", "4": "2"},
     "--limit": {"128": "4"},
     "--val-fraction": {"0.0078125": "0.25"},
-    "--size": {"128": "96"},
+    "--size": {"128": "96", "32": "16"},
     "--sweep": {"ddim:10": "ddim:2", "dpm2m:10": "dpm2m:3", "ddim:50": "ddim:3", "ddpm:1000": "ddpm:4",
                 "ddim:25:r5,3": "ddim:2:r2,2"},
 }
@@ -121,3 +121,12 @@ def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     # "Large and odd-sized fields": --limit rows of 96x96 (128 in the README) reconstructed in 64x64 tiles (2 x 2)
     # by a model trained on 64x64 crops
     assert np.load("out/big.npy").shape == (4, 1, 96, 96)
+    # "Your files": reconstructions back in the source's form
+    import xarray as xr
+    from PIL import Image
+
+    rec, src = xr.open_dataset("out/field.nc"), xr.open_dataset("data/nc/observed.nc")
+    assert rec.field.dims == src.field.dims and rec.time.equals(src.time) and rec.field.attrs["units"] == "1"
+    assert "field_std" in rec and "mask" in rec and "field_std" not in xr.open_dataset("out/field-valid.nc")
+    assert sorted(p.name for p in Path("out/photos").iterdir()) == sorted(p.name for p in Path("data/png/images").iterdir())
+    assert np.asarray(Image.open("out/photos/00000.png")).dtype == np.uint16
