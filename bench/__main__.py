@@ -1,4 +1,4 @@
-"""`python -m bench [sampler|model|data|scaling|startup|presets|memory|tiling|formats|all] [--device cpu|cuda] [--record]`.
+"""`python -m bench [sampler|model|data|scaling|startup|presets|memory|tiling|formats|serve|all] [--device cpu|cuda] [--record]`.
 
 Prints tables of measured figures; --record appends them to bench/RESULTS.md with the machine,
 torch version and command. Nothing here passes or fails on time.
@@ -18,7 +18,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", default=["all"],
                    choices=["all", "sampler", "model", "data", "scaling", "startup", "gap", "peers-sampling",
-                            "precision", "presets", "memory", "tiling", "formats"])
+                            "precision", "presets", "memory", "tiling", "formats", "serve"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
@@ -68,6 +68,10 @@ def main() -> None:
             from . import formats
 
             title, body = "Converting NetCDF: bounded memory", formats.run()
+        elif w == "serve":
+            from . import serve
+
+            title, body = "cfgdiff serve under load", serve.run()
         elif w == "gap":
             from . import gap
 

@@ -114,13 +114,14 @@ class Autocast:
 
 def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, mask: torch.Tensor,
                            known: torch.Tensor | None, index: Sequence[int], sampler: SamplerConfig, *,
-                           in_channels: int, prediction: str, num_samples: int = 1, seed: int = 0,
+                           in_channels: int, prediction: str, num_samples: int = 1, seed: int | Sequence[int] = 0,
                            degrade_spec: str | None = None, progress: Callable | None = None,
                            model_batch: int = 0, clip_range=(-1.0, 1.0), tile: int | None = None,
                            overlap: int = 0) -> tuple[torch.Tensor, int]:
     """K samples per row in normalised units, shape (N, K, C, H, W).
 
-    Sample k of global row i draws from the stream keyed by (seed, i * K + k); with ``model_batch > 0`` the network
+    Sample k of global row i draws from the stream keyed by (seed, i * K + k) (``seed`` may be one per row: rows
+    of several requests in one call keep their own streams); with ``model_batch > 0`` the network
     runs on fixed-size chunks (``FixedBatch``), so on CPU the output is bit-identical for any batch
     size or worker count. With ``tile`` the network sees overlapping tile x tile windows (``TiledDenoiser``),
     batched ``model_batch`` windows per call.
@@ -135,6 +136,8 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
     K = num_samples
     rep = lambda t: t.repeat_interleave(K, dim=0) if t is not None else None
     idx = [int(i) * K + k for i in index for k in range(K)]
+    if not isinstance(seed, (int, np.integer)):
+        seed = [int(s) for s in seed for _ in range(K)]
     c, m, kn = rep(cond), rep(mask), rep(known)
     op = operator_for(degrade_spec, kn if kn is not None else c, m) if degrade_spec else None
     res = sample(model, c, m, schedule=schedule, shape=(N * K, in_channels, H, W), known=kn,
@@ -205,10 +208,21 @@ class Reconstructor:
             raise InputError(f"model_batch must be an integer >= 0 (0 = whole batch), got {model_batch!r}")
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise InputError(f"steps must be an integer >= 1, or None for the checkpoint's default; got {steps!r}")
-        s = self.ckpt.config.sampler
-        s = replace(s, steps=s.steps if steps is None else steps, w=s.w if w is None else w, method=method or s.method,
-                    eta=s.eta if eta is None else eta, resample=resample if resample is not None else s.resample,
-                    precision=precision or s.precision)
+        s = self.sampler_config(steps=steps, w=w, method=method, eta=eta, resample=resample, precision=precision)
+        return self.run_rows(cond_raw, mask_a, s, num_samples=num_samples, seeds=[seed] * len(cond_raw),
+                             index=range(len(cond_raw)), degrade_spec=degrade_spec, batch_size=batch_size,
+                             model_batch=model_batch, tile=tile, overlap=overlap)
+
+    def sampler_config(self, **overrides) -> SamplerConfig:
+        """The checkpoint's sampler with the given (non-None) fields replaced."""
+        return replace(self.ckpt.config.sampler, **{k: v for k, v in overrides.items() if v is not None})
+
+    def run_rows(self, cond_raw: np.ndarray, mask_a: np.ndarray | None, s: SamplerConfig, *, num_samples: int,
+                 seeds: Sequence[int], index: Sequence[int], degrade_spec: str | None = None, batch_size: int = 64,
+                 model_batch: int = 8, tile: int | None = None, overlap: int | None = None) -> Reconstruction:
+        """Validated (N, C_c, H, W) rows -> their reconstruction; row i draws from the streams of (seeds[i],
+        index[i]), so rows of several requests run together give each request what it would get alone."""
+        mc = self.ckpt.config.model
         cond_n, mask_t, known = prepare_inputs(cond_raw, mask_a, self.ckpt.normalization, mc.in_channels,
                                                mc.mask_channels)
         outs, calls = [], 0
@@ -216,11 +230,10 @@ class Reconstructor:
             sl = slice(a, a + batch_size)
             to = lambda t: t[sl].to(self.device) if t is not None else None
             x, calls = reconstruct_normalized(self.model, self.schedule, to(cond_n), to(mask_t), to(known),
-                                              range(a, min(a + batch_size, len(cond_raw))), s,
-                                              in_channels=mc.in_channels, prediction=mc.prediction,
-                                              num_samples=num_samples, seed=seed, degrade_spec=degrade_spec,
-                                              model_batch=model_batch, tile=tile, overlap=overlap,
-                                              clip_range=self.ckpt.normalization.target.clip_bounds())
+                                              list(index)[sl], s, in_channels=mc.in_channels,
+                                              prediction=mc.prediction, num_samples=num_samples, seed=list(seeds)[sl],
+                                              degrade_spec=degrade_spec, model_batch=model_batch, tile=tile,
+                                              overlap=overlap, clip_range=self.ckpt.normalization.target.clip_bounds())
             outs.append(x.cpu())
         samples, mean, std = finalize(torch.cat(outs), self.ckpt.normalization, cond_raw, mask_t)
         return Reconstruction(samples, mean, std, calls)

@@ -77,15 +77,18 @@ class SampleResult:
 class NoiseSource:
     """Standard normal draws of shape (B, *shape), per sample or batch-wise."""
 
-    def __init__(self, shape: Sequence[int], device: torch.device, *, seed: int = 0,
+    def __init__(self, shape: Sequence[int], device: torch.device, *, seed: int | Sequence[int] = 0,
                  sample_index: Sequence[int] | None = None, generator: torch.Generator | None = None):
+        """``seed``: one base seed, or one per sample (rows of several requests batched together)."""
         self.shape, self.device = tuple(shape), device
         self.generator = generator
         if generator is None:
             idx = range(self.shape[0]) if sample_index is None else [int(i) for i in sample_index]
-            if len(idx) != self.shape[0]:
-                raise ValueError(f"sample_index must have {self.shape[0]} entries, got {len(idx)}")
-            self.generators = [torch.Generator(device=device).manual_seed(stream_seed(seed, i)) for i in idx]
+            seeds = [int(seed)] * len(idx) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+            if len(idx) != self.shape[0] or len(seeds) != self.shape[0]:
+                raise ValueError(f"sample_index and per-sample seeds must have {self.shape[0]} entries, got "
+                                 f"{len(idx)} and {len(seeds)}")
+            self.generators = [torch.Generator(device=device).manual_seed(stream_seed(s, i)) for s, i in zip(seeds, idx)]
 
     def __call__(self) -> torch.Tensor:
         if self.generator is not None:
@@ -249,8 +252,8 @@ def _move_coefficients(ab: torch.Tensor, moves, method: str, eta: float) -> list
 def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule: NoiseSchedule,
            shape: Sequence[int] | None = None, known: torch.Tensor | None = None, operator=None,
            method: str = "ddim", steps: int = 50, eta: float = 0.0, w: float = 1.0,
-           resample: tuple[int, int] | None = None, seed: int = 0, sample_index: Sequence[int] | None = None,
-           generator: torch.Generator | None = None, clip_x0: bool = True,
+           resample: tuple[int, int] | None = None, seed: int | Sequence[int] = 0,
+           sample_index: Sequence[int] | None = None, generator: torch.Generator | None = None, clip_x0: bool = True,
            clip_range: tuple[torch.Tensor | float, torch.Tensor | float] = (-1.0, 1.0), prediction: str | None = None,
            project: bool = True, progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """Draw x0 ~ p_theta(x0 | cond) with CFG, projecting ``known`` pixels where mask = 1.

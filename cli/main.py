@@ -10,7 +10,7 @@ import click
 from cfgdiff import __version__
 from cfgdiff.errors import InputError
 
-from . import data_cmds, eval_cmd, infer_cmd, model_cmds, run_cmd, train_cmd, tune_cmd
+from . import data_cmds, eval_cmd, infer_cmd, model_cmds, run_cmd, serve_cmd, train_cmd, tune_cmd
 from .common import setup_logging
 
 
@@ -35,7 +35,7 @@ def cli(ctx: click.Context, verbose: bool | None, debug: bool) -> None:
     setup_logging(verbose)
 
 
-for mod in (data_cmds, model_cmds, train_cmd, infer_cmd, tune_cmd, eval_cmd, run_cmd):
+for mod in (data_cmds, model_cmds, train_cmd, infer_cmd, serve_cmd, tune_cmd, eval_cmd, run_cmd):
     for command in mod.COMMANDS:
         cli.add_command(command)
 

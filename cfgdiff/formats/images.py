@@ -45,21 +45,10 @@ def read_image(f: Path) -> np.ndarray:
         if a.ndim == 3 and a.shape[0] <= 4 < a.shape[-1]:
             a = np.moveaxis(a, 0, -1)  # planar (C, H, W) -> (H, W, C)
     else:
-        from PIL import Image, UnidentifiedImageError
-
         depth = _png_depth(f)
         if depth and depth[0] == 16 and depth[1] in (2, 6):
             raise InputError(f"{f}: a 16-bit colour PNG, which Pillow reads as 8-bit; save it as a 16-bit TIFF")
-        try:
-            with Image.open(f) as im:
-                im.load()
-                if im.mode in ("P", "PA"):
-                    im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
-                elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                    im = im.convert("RGB")
-                a = np.asarray(im)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            raise InputError(f"{f}: unreadable image ({_first_line(e)})") from None
+        a = _pil_array(f, str(f))
     if a.dtype == np.bool_:
         a = a.astype(np.uint8)
     if a.ndim == 2:
@@ -69,6 +58,47 @@ def read_image(f: Path) -> np.ndarray:
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise InputError(f"{f}: pixel type {a.dtype} is not an integer or float")
     return a
+
+
+def _pil_array(src, what: str) -> np.ndarray:
+    """A PNG/JPEG file (a path or a binary stream) as an array in its own dtype, through Pillow."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(src) as im:
+            im.load()
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise InputError(f"{what}: unreadable image ({_first_line(e)})") from None
+
+
+def decode_png(data: bytes, what: str) -> np.ndarray:
+    """PNG bytes (an HTTP upload) -> (H, W, C) in the image's dtype (grey, RGB; alpha refused)."""
+    import io
+
+    a = _pil_array(io.BytesIO(data), what)
+    a = a.astype(np.uint8) if a.dtype == np.bool_ else a
+    a = a[..., None] if a.ndim == 2 else a
+    if a.shape[-1] not in (1, 3):
+        raise InputError(f"{what}: expected a grey or RGB image, found {a.shape[-1]} channels")
+    return a
+
+
+def encode_png(x: np.ndarray, dtype: np.dtype) -> bytes:
+    """(C, H, W) values -> PNG bytes in ``dtype`` (rounded and clipped to its range)."""
+    import io
+
+    from PIL import Image
+
+    info = np.iinfo(dtype)
+    a = np.clip(np.rint(np.asarray(x).transpose(1, 2, 0)), info.min, info.max).astype(dtype)
+    buf = io.BytesIO()
+    Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _top(dtype: np.dtype) -> float:

@@ -9,8 +9,15 @@ the two known ones may be.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -87,35 +94,74 @@ def _user_files(root: Path) -> None:
     np.save(root / "mask_uv.npy", mask_uv)
 
 
+def _background(args: list[str]) -> subprocess.Popen:
+    """A README command ending in ``&`` (``cfgdiff serve``): started as a process (it joins this session's Ray
+    through the inherited RAY_ADDRESS), and waited for until its /healthz answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path.cwd(),
+                            env={**os.environ, "PYTHONPATH": str(README.parent)})
+    port = args[args.index("--port") + 1]
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+            return proc
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, (proc.stdout.read() if proc.poll() is not None else
+                                                                    "cfgdiff serve did not come up")
+            time.sleep(1)
+
+
+def _run_block(lang: str, body: str, used: set, used_py: set, ran: list, procs: list, capsys) -> None:
+    if lang == "python":
+        code = body
+        for a, b in PY_SIZES.items():
+            if a in code:
+                used_py.add(a)
+                code = code.replace(a, b)
+        scope = {"cond": np.load("observed.npy")[:3], "mask": np.load("mask.npy")[:3]}
+        exec(compile(code, "README.md (python block)", "exec"), scope)  # the README's own example
+        assert scope["out"].mean.shape == (3, 1, 16, 16)
+        ran.append("python")
+        return
+    for argv in commands(body):
+        if argv[0] == "curl":  # against the service a previous block started
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, f"{shlex.join(argv)}: exit {r.returncode} {r.stderr[-500:]}"
+            ran.append("curl")
+            continue
+        assert argv[0] == "cfgdiff", f"README command not covered by this test: {argv}"
+        args = tiny(argv, used)
+        if args[-1] == "&":
+            procs.append(_background(args[:-1]))
+            ran.append(argv[1])
+            continue
+        code, out, err = run_cli(args[1:], capsys)
+        assert code == 0, f"{shlex.join(argv)}\n-> {shlex.join(args)}\n{out[-1500:]}\n{err[-1500:]}"
+        ran.append(argv[1])
+
+
 def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(README.parent / "configs")
     _user_files(tmp_path)
     blocks = readme_blocks()
     assert {why for _, _, why in blocks if why} == SKIPS and sum(why is not None for _, _, why in blocks) == 2
-    used, ran = set(), []
-    for lang, body, why in blocks:
-        if why:
-            continue
-        if lang == "python":
-            code = body
-            for a, b in PY_SIZES.items():
-                assert a in code, f"README python block changed: {a} not found"
-                code = code.replace(a, b)
-            scope = {"cond": np.load("observed.npy")[:3], "mask": np.load("mask.npy")[:3]}
-            exec(compile(code, "README.md (python block)", "exec"), scope)  # the README's own example
-            assert scope["out"].mean.shape == (3, 1, 16, 16)
-            ran.append("python")
-            continue
-        for argv in commands(body):
-            assert argv[0] == "cfgdiff", f"README command not covered by this test: {argv}"
-            args = tiny(argv, used)
-            code, out, err = run_cli(args[1:], capsys)
-            assert code == 0, f"{shlex.join(argv)}\n-> {shlex.join(args)}\n{out[-1500:]}\n{err[-1500:]}"
-            ran.append(argv[1])
+    used, used_py, ran, procs = set(), set(), [], []
+    try:
+        for lang, body, why in blocks:
+            if not why:
+                _run_block(lang, body, used, used_py, ran, procs, capsys)
+    finally:
+        for proc in procs:  # Ctrl-C, as the README says: the service removes its application and exits 0
+            proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=120)[0]
+            assert proc.returncode == 0 and "stopping" in out, out[-2000:]
+    assert set(PY_SIZES) == used_py, f"python size substitutions not found in the README: {set(PY_SIZES) - used_py}"
+    assert json.loads(Path("answer.json").read_text())["meta"]["num_samples"] == 2, "the curl answer"
     unused = {(k, v) for k, t in SIZES.items() for v in t} - used
     assert not unused, f"size substitutions not found in the README (update SIZES): {sorted(unused)}"
-    assert {"convert", "train", "tune", "infer", "evaluate", "demo-data", "python"} <= set(ran), ran
+    assert {"convert", "train", "tune", "infer", "evaluate", "demo-data", "python", "serve", "curl"} <= set(ran), ran
     assert Path("runs/cfgdiff-run/export/model.safetensors").exists() and Path("out/recon.npy").exists()
     assert Path("runs/eval/evaluate.png").exists() and Path("runs/tune/best.json").exists()
     # "Large and odd-sized fields": --limit rows of 96x96 (128 in the README) reconstructed in 64x64 tiles (2 x 2)
