@@ -225,13 +225,13 @@ class Reconstructor:
         mc = self.ckpt.config.model
         cond_n, mask_t, known = prepare_inputs(cond_raw, mask_a, self.ckpt.normalization, mc.in_channels,
                                                mc.mask_channels)
-        outs, calls = [], 0
+        outs, calls, index, seeds = [], 0, list(index), list(seeds)
         for a in range(0, len(cond_raw), batch_size):
             sl = slice(a, a + batch_size)
             to = lambda t: t[sl].to(self.device) if t is not None else None
             x, calls = reconstruct_normalized(self.model, self.schedule, to(cond_n), to(mask_t), to(known),
-                                              list(index)[sl], s, in_channels=mc.in_channels,
-                                              prediction=mc.prediction, num_samples=num_samples, seed=list(seeds)[sl],
+                                              index[sl], s, in_channels=mc.in_channels,
+                                              prediction=mc.prediction, num_samples=num_samples, seed=seeds[sl],
                                               degrade_spec=degrade_spec, model_batch=model_batch, tile=tile,
                                               overlap=overlap, clip_range=self.ckpt.normalization.target.clip_bounds())
             outs.append(x.cpu())

@@ -328,7 +328,7 @@ def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOption
             "mask_source": "degrade" if comps else mask_source, "degrade": opts.degrade,
             "sources": {"target": target.sources() if target else None,
                         "condition": cond.sources() if cond else None, "mask": mask.sources() if mask else None},
-            "source": (cond or target).describe(),
+            "source": (cond if cond is not None else target).describe(),
             "sha256": {role: _sha256(src.files) for role, src in
                        (("target", target), ("condition", cond), ("mask", mask)) if src is not None},
         }

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from cfgdiff.errors import InputError
 from cfgdiff.progress import Progress as CoreProgress
 
 
@@ -97,6 +98,17 @@ def ray_options(f):
     f = click.option("--dashboard", is_flag=True,
                      help="Start the embedded Ray with its dashboard on 127.0.0.1:8265 (off by default: ~2 s faster).")(f)
     return f
+
+
+def int_pair(value: str | None, option: str, example: str) -> tuple[int, int] | None:
+    """``"A,B"`` -> (A, B) for flags such as ``--resample J,R``; None when not given."""
+    if not value:
+        return None
+    try:
+        a, b = (int(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"{option} {value!r}: expected two integers such as {example}") from None
+    return a, b
 
 
 def echo_json(obj) -> None:

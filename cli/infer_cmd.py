@@ -12,17 +12,7 @@ from cfgdiff.checkpoint import load_checkpoint
 from cfgdiff.config import METHODS, PRECISIONS, SamplerConfig
 from cfgdiff.errors import InputError
 
-from .common import Progress, fmt_metrics, ray_options, renamed
-
-
-def parse_resample(value: str | None) -> tuple[int, int] | None:
-    if not value:
-        return None
-    try:
-        j, r = (int(v) for v in value.split(","))
-    except ValueError:
-        raise InputError(f"--resample {value!r}: expected J,R such as 10,3") from None
-    return (j, r)
+from .common import Progress, fmt_metrics, int_pair, ray_options, renamed
 
 
 @click.command("infer")
@@ -91,7 +81,7 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, sample_dim, degrade, split, ra
     try:
         sampler = SamplerConfig(method=method or s.method, steps=s.steps if steps is None else steps,
                                 eta=s.eta if eta is None else eta,
-                                w=s.w if w is None else w, resample=parse_resample(resample) or s.resample,
+                                w=s.w if w is None else w, resample=int_pair(resample, "--resample", "10,3") or s.resample,
                                 clip_x0=s.clip_x0, precision=precision or s.precision)
     except ValueError as e:
         raise InputError(str(e).replace("sampler.", "--")) from None

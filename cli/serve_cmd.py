@@ -9,7 +9,7 @@ import click
 
 from cfgdiff.errors import InputError
 
-from .common import ray_options
+from .common import int_pair, ray_options
 
 
 @click.command("serve")
@@ -36,10 +36,10 @@ def serve_cmd(ctx, checkpoint, ray_address, num_cpus, dashboard, replicas, autos
               print_config):
     """Serve CHECKPOINT over HTTP on Ray Serve until Ctrl-C: POST ROUTE, GET /healthz, GET /info."""
     from cluster.runtime import start_ray, stop_ray
-    from cluster.serve import build, deploy, parse_autoscale, undeploy
+    from cluster.serve import build, deploy, undeploy
     from cluster.serve import print_config as make_config
 
-    scale = parse_autoscale(autoscale)
+    scale = int_pair(autoscale, "--autoscale", "1,4")
     if scale and replicas != 1:
         raise InputError("--replicas and --autoscale are exclusive")
     if not 0 < port < 65536:

@@ -91,16 +91,14 @@ def checkpoint_files(path: str) -> dict[str, bytes]:
     return {n: (Path(path) / n).read_bytes() for n in (CONFIG, WEIGHTS)}
 
 
-def parse_autoscale(value: str | None) -> tuple[int, int] | None:
-    if not value:
-        return None
-    try:
-        lo, hi = (int(v) for v in value.split(","))
-    except ValueError:
-        raise InputError(f"--autoscale {value!r}: expected MIN,MAX such as 1,4") from None
-    if not 0 <= lo <= hi or hi < 1:
-        raise InputError(f"--autoscale {value}: expected 0 <= MIN <= MAX and MAX >= 1")
-    return lo, hi
+def _scaling(replicas: int, autoscale: tuple[int, int] | None, max_batch_size: int) -> dict[str, Any]:
+    """The deployment's replica options: a fixed count, or an autoscaling range targeting full batches."""
+    if not autoscale:
+        return {"num_replicas": replicas}
+    if not 0 <= autoscale[0] <= autoscale[1] >= 1:
+        raise InputError(f"--autoscale {autoscale[0]},{autoscale[1]}: expected 0 <= MIN <= MAX and MAX >= 1")
+    return {"autoscaling_config": {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
+                                   "target_ongoing_requests": max_batch_size}}
 
 
 def build(checkpoint: str, *, replicas: int = 1, autoscale: tuple[int, int] | None = None, gpus_per_replica: float = 0.0,
@@ -111,10 +109,7 @@ def build(checkpoint: str, *, replicas: int = 1, autoscale: tuple[int, int] | No
         raise InputError("--replicas and --max-batch-size must be >= 1, --batch-wait-s >= 0, --max-request-mb > 0")
     if not route.startswith("/") or route.rstrip("/") in ("", "/healthz", "/info"):
         raise InputError(f"--route {route!r}: expected a path such as /reconstruct (not /, /healthz or /info)")
-    scaling = ({"autoscaling_config": {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
-                                       "target_ongoing_requests": max_batch_size}} if autoscale
-               else {"num_replicas": replicas})
-    dep = CfgdiffService.options(**scaling, ray_actor_options={"num_cpus": cpus_per_replica,
+    dep = CfgdiffService.options(**_scaling(replicas, autoscale, max_batch_size), ray_actor_options={"num_cpus": cpus_per_replica,
                                                                "num_gpus": gpus_per_replica})
     return dep.bind(checkpoint_files(checkpoint), route=route, max_batch_size=max_batch_size,
                     batch_wait_timeout_s=batch_wait_timeout_s, max_request_mb=max_request_mb, threads=threads)
@@ -149,12 +144,8 @@ def print_config(checkpoint: str, *, replicas: int, autoscale, gpus_per_replica:
     """A ``serve deploy`` / RayService config for this model (the checkpoint path must be readable on the nodes)."""
     import yaml
 
-    dep: dict[str, Any] = {"name": "CfgdiffService", "ray_actor_options": {"num_cpus": 1, "num_gpus": gpus_per_replica}}
-    if autoscale:
-        dep["autoscaling_config"] = {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
-                                     "target_ongoing_requests": max_batch_size}
-    else:
-        dep["num_replicas"] = replicas
+    dep = {"name": "CfgdiffService", **_scaling(replicas, autoscale, max_batch_size),
+           "ray_actor_options": {"num_cpus": 1, "num_gpus": gpus_per_replica}}
     doc = {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": port},
            "applications": [{"name": APP, "route_prefix": "/", "import_path": "cluster.serve:app",
                              "args": {"checkpoint": str(Path(checkpoint).resolve()), "route": route,

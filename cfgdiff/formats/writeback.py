@@ -85,7 +85,7 @@ def write_dataset(out: Path, desc: dict, index: np.ndarray, values: np.ndarray, 
         attrs = {**v["attrs"], **_provenance(provenance), "ancillary_variables": " ".join(anc),
                  "comment": (f"mean of {provenance['num_samples']} posterior samples" if std is not None else
                              "one posterior sample") + "; observed pixels are the input's values"}
-        data_vars[v["name"]] = (shaped(values), attrs, {k: x for k, x in v["encoding"].items()})
+        data_vars[v["name"]] = (shaped(values), attrs, dict(v["encoding"]))
         label = v["attrs"].get("long_name", v["name"])
         if std is not None:
             std_attrs = {"long_name": f"standard deviation of {label} over the samples", "cell_methods": "draw: standard_deviation",
