@@ -78,7 +78,7 @@ def run(concurrencies=(1, 4, 16, 64), steps: int = 20, train_steps: int = 10) ->
                              port=_port()) + "/reconstruct"
                 asyncio.run(_load(url, bodies[:2], 1))  # warm-up: replicas loaded
                 for c in concurrencies:
-                    n = min(len(bodies), max(8, 2 * c))
+                    n = min(len(bodies), max(8, 4 * c))
                     lat, wall = asyncio.run(_load(url, bodies[:n], c))
                     rows.append({"replicas": replicas, "concurrency": c, "requests": n, "p50 s": np.median(lat),
                                  "p99 s": np.percentile(lat, 99), "rows/s": n / wall,
@@ -100,5 +100,6 @@ def run(concurrencies=(1, 4, 16, 64), steps: int = 20, train_steps: int = 10) ->
               f"(batch 16, 1 thread each). One direct reconstruct() of one row (1 thread): median {d50:.3f} s; served at "
               f"concurrency 1: p50 {one['p50 s']:.3f} s, overhead {100 * (one['p50 s'] / d50 - 1):.0f}%.\n\n"
               f"Model: the default (small preset, 32x32, {train_steps} training steps: speed does not depend on the "
-              f"weights), DDIM {steps}, w = 1, one row per request, max_batch_size 16, batch wait 10 ms, 1 CPU and "
-              "1 torch thread per replica; the load generator shares the 2 cores.\n")
+              f"weights), DDIM {steps}, w = 1, one row per request, max_batch_size 16, batch wait 10 ms, batches merged "
+              "by cfgdiff.batcher while the replica is busy, 1 CPU and 1 torch thread per replica; the load generator "
+              "shares the 2 cores; at least 4 requests per client.\n")

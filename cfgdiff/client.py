@@ -6,7 +6,8 @@
 
 Retries: a request is idempotent (same input and seed, same answer), so ``reconstruct`` retries on a
 connection error or a 5xx answer (a replica that died mid-batch and is being replaced) up to ``retries``
-times with a growing pause; a 4xx answer is the request's own fault and raises ``ServiceError`` at once.
+times with a growing pause; a 4xx answer is the request's own fault and raises ``ServiceError`` at once, and
+so does 504 (the request's ``timeout_s`` passed: the service cancelled it, and a retry would wait as long).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Client:
                     text = json.loads(text).get("error", text)
                 except ValueError:
                     pass
-                if e.code < 500 or attempt == self.retries:
+                if e.code < 500 or e.code == 504 or attempt == self.retries:
                     raise ServiceError(e.code, text) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if attempt == self.retries:
@@ -81,11 +82,12 @@ class Client:
         return self._request("/info")
 
     def reconstruct(self, cond: np.ndarray, mask: np.ndarray | None = None, *, num_samples: int = 1, steps: int | None = None,
-                    w: float | None = None, seed: int = 0, method: str | None = None,
+                    w: float | None = None, seed: int = 0, method: str | None = None, timeout_s: float | None = None,
                     route: str = "/reconstruct") -> Answer:
-        """``cond`` (H, W), (N, H, W) or (N, C, H, W) in your units, NaN = missing; ``mask`` likewise, 1 = known."""
+        """``cond`` (H, W), (N, H, W) or (N, C, H, W) in your units, NaN = missing; ``mask`` likewise, 1 = known.
+        ``timeout_s``: the service answers 504 (``ServiceError``) and cancels the request after this long."""
         doc = {"condition": _npy(np.asarray(cond, np.float32)), "num_samples": num_samples, "steps": steps, "w": w,
-               "seed": seed, "method": method}
+               "seed": seed, "method": method, "timeout_s": timeout_s}
         if mask is not None:
             doc["mask"] = _npy(np.asarray(mask, np.float32))
         out = self._request(route, json.dumps(doc).encode())

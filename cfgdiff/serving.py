@@ -3,7 +3,7 @@
 A request (``POST /reconstruct``) is JSON::
 
     {"condition": ARRAY, "mask": ARRAY (optional, 1 = known; default: NaN in the condition = missing),
-     "num_samples": 1, "steps": null, "w": null, "seed": 0, "method": null}
+     "num_samples": 1, "steps": null, "w": null, "seed": 0, "method": null, "timeout_s": null}
 
 where ARRAY is ``{"npy": "<base64 of a .npy file>"}`` or nested lists (null = missing), shaped (H, W) for one
 field, (N, H, W) or (N, C, H, W). A ``multipart/form-data`` request sends ``condition`` and ``mask`` as PNG files
@@ -17,7 +17,8 @@ it was batched with (``run_batch`` runs the rows of many requests in one sampler
 
 Errors are ``RequestError(status, field, message)``: 400 for what cannot be decoded, 413 for a body over the
 limit, 422 for a well-formed request the model cannot take (shape, channels, mask values, NaN where known,
-steps or K out of range).
+steps or K out of range). A request not answered within ``timeout_s`` (or the service's default) gets 504 and
+is cancelled: if its turn has not come, it is never computed (``cfgdiff.batcher``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from .validate import check_observations
 
 MAX_SAMPLES = 64  # K per request
 MAX_ROWS = 64  # fields per request
+MAX_TIMEOUT_S = 3600.0
+FIELDS = ("condition", "mask", "num_samples", "steps", "w", "seed", "method", "timeout_s")
 
 
 class RequestError(Exception):
@@ -64,7 +67,9 @@ class Job:
     method: str
     encoding: str  # "npy", "list" or "png": how the answer is encoded
     image_dtype: str | None = None  # the uploaded PNG's dtype (uint8/uint16), for a PNG answer
+    timeout_s: float | None = None  # None: the service's default
     received: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set when the request timed out: skip it if its turn has not come
 
     def key(self) -> tuple:
         """Requests with equal keys run in one sampler call."""
@@ -156,10 +161,9 @@ def decode_request(body: bytes, rec: Reconstructor, max_bytes: int, content_type
             raise RequestError(400, "body", f"not JSON ({str(e)[:120]})") from None
     if not isinstance(doc, dict) or "condition" not in doc:
         raise RequestError(422 if isinstance(doc, dict) else 400, "condition", "required: the observed field(s)")
-    unknown = set(doc) - {"condition", "mask", "num_samples", "steps", "w", "seed", "method"}
+    unknown = set(doc) - set(FIELDS)
     if unknown:
-        raise RequestError(422, sorted(unknown)[0], "unknown field (expected condition, mask, num_samples, steps, w, "
-                                                    "seed, method)")
+        raise RequestError(422, sorted(unknown)[0], f"unknown field (expected {', '.join(FIELDS)})")
     mc, s = rec.config.model, rec.config.sampler
     T = rec.config.schedule.num_timesteps
     cond, enc = _array(doc["condition"], "condition")
@@ -194,16 +198,21 @@ def decode_request(body: bytes, rec: Reconstructor, max_bytes: int, content_type
     return Job(cond=cond, mask=mask, num_samples=_number(doc, "num_samples", int, 1, 1, MAX_SAMPLES),
                steps=_number(doc, "steps", int, s.steps, 1, T), w=_number(doc, "w", float, s.w, 0.0, 100.0),
                seed=_number(doc, "seed", int, 0, 0, 2**63 - 1), method=method, encoding=enc,
-               image_dtype=doc["condition"].dtype if enc == "png" else None)
+               image_dtype=doc["condition"].dtype if enc == "png" else None,
+               timeout_s=_number(doc, "timeout_s", float, None, 0.001, MAX_TIMEOUT_S))
 
 
 def run_batch(rec: Reconstructor, jobs: list[Job]) -> list[dict[str, Any]]:
-    """Reconstruct many requests: one sampler call per group of equal settings; one answer per job, in order."""
+    """Reconstruct many requests: one sampler call per group of equal settings; one answer per job, in order
+    (``None`` for a job cancelled before its group's turn)."""
     answers: list[dict[str, Any] | None] = [None] * len(jobs)
     groups: dict[tuple, list[int]] = {}
     for j, job in enumerate(jobs):
         groups.setdefault(job.key(), []).append(j)
     for members in groups.values():
+        members = [j for j in members if not jobs[j].cancelled]
+        if not members:
+            continue
         first = jobs[members[0]]
         t0 = time.perf_counter()
         cond = np.concatenate([jobs[j].cond for j in members])

@@ -28,7 +28,7 @@ from .common import int_pair, ray_options
               help="How long a batch waits to fill before it runs.")
 @click.option("--max-request-mb", type=float, default=16.0, show_default=True, help="Larger bodies get HTTP 413.")
 @click.option("--request-timeout-s", type=float, default=None,
-              help="Serve's HTTP proxy answers a request still waiting after this long with a timeout.")
+              help="Answer 504 and cancel a request not answered after this long (a request's timeout_s wins).")
 @click.option("--print-config", is_flag=True, help="Print a `serve deploy` / RayService config for this model and exit.")
 @click.pass_context
 def serve_cmd(ctx, checkpoint, ray_address, num_cpus, dashboard, replicas, autoscale, gpus_per_replica,
@@ -47,16 +47,17 @@ def serve_cmd(ctx, checkpoint, ray_address, num_cpus, dashboard, replicas, autos
     if print_config:
         click.echo(make_config(checkpoint, replicas=replicas, autoscale=scale, gpus_per_replica=gpus_per_replica,
                                port=port, route=route, max_batch_size=max_batch_size,
-                               batch_wait_timeout_s=batch_wait_s, max_request_mb=max_request_mb), nl=False)
+                               batch_wait_timeout_s=batch_wait_s, max_request_mb=max_request_mb,
+                               request_timeout_s=request_timeout_s), nl=False)
         return
     app = build(checkpoint, replicas=replicas, autoscale=scale, gpus_per_replica=gpus_per_replica, route=route,
                 max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s, max_request_mb=max_request_mb,
-                threads=threads_per_replica)
+                threads=threads_per_replica, request_timeout_s=request_timeout_s)
     info = start_ray(ray_address, num_cpus, dashboard=dashboard, quiet=ctx.obj.get("verbose") is not True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        url = deploy(app, host=host, port=port, request_timeout_s=request_timeout_s)
+        url = deploy(app, host=host, port=port)
         click.echo(f"serving {checkpoint} at {url}{route} ({'embedded Ray' if info.embedded else info.address}); "
                    f"GET {url}/healthz, {url}/info; Ctrl-C stops", err=False)
         try:

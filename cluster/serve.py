@@ -2,10 +2,13 @@
 
 One deployment, ``CfgdiffService``: each replica loads the model once and answers ``POST ROUTE``
 (``cfgdiff.serving`` decodes and validates the request), ``GET /healthz`` and ``GET /info``. Concurrent
-requests are packed by ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``) into one sampler
-call per sampler setting, run in a thread so that the replica keeps answering health checks. Row i of a
-request draws from the streams of (its seed, i), so an answer does not depend on what it was batched with.
-Metrics: Serve's own (requests, latency, queue) plus ``cfgdiff_rows_reconstructed`` and ``cfgdiff_nfe``.
+requests are packed by ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``); batches formed while
+the sampler is busy are merged by ``cfgdiff.batcher.Batcher`` into its next call (one sampler call per
+sampler setting), run in a thread so that the replica keeps answering health checks. Row i of a request
+draws from the streams of (its seed, i), so an answer does not depend on what it was batched with. A request
+not answered within its ``timeout_s`` (default ``request_timeout_s``) gets 504 and is cancelled: skipped if
+its turn has not come. Metrics: Serve's own (requests, latency, queue) plus ``cfgdiff_rows_reconstructed``,
+``cfgdiff_nfe`` and ``cfgdiff_requests_timed_out``.
 
 The checkpoint's config and weights travel with the deployment (bytes in the bound arguments), so replicas
 on other nodes need no shared filesystem; the ``serve deploy`` config (``print_config``) names a path instead.
@@ -26,9 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cfgdiff.api import Reconstructor
+from cfgdiff.batcher import Batcher
 from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
 from cfgdiff.errors import InputError
-from cfgdiff.serving import RequestError, decode_request, encode_answer, model_info, run_batch
+from cfgdiff.serving import MAX_TIMEOUT_S, RequestError, decode_request, encode_answer, model_info, run_batch
 
 APP = "cfgdiff"
 
@@ -38,21 +42,27 @@ def _json(doc: Any, status: int = 200) -> Response:
                     media_type="application/json")
 
 
+CONCURRENT_BATCHES = 4  # @serve.batch batches waiting for the Batcher at once (each up to max_batch_size)
+
+
 @serve.deployment(name="CfgdiffService", max_ongoing_requests=64)
 class CfgdiffService:
     def __init__(self, ckpt_files: dict[str, bytes], route: str = "/reconstruct", max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.01, max_request_mb: float = 16.0, threads: int = 1):
+                 batch_wait_timeout_s: float = 0.01, max_request_mb: float = 16.0, threads: int = 1,
+                 request_timeout_s: float | None = None):
         torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory(prefix="cfgdiff-serve-") as d:
             for name, data in ckpt_files.items():
                 Path(d, name).write_bytes(data)
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.rec = Reconstructor(load_checkpoint(d), device)
-        self.route, self.max_bytes = route, int(max_request_mb * 2**20)
+        self.route, self.max_bytes, self.timeout_s = route, int(max_request_mb * 2**20), request_timeout_s
         self.reconstruct_batch.set_max_batch_size(max_batch_size)
         self.reconstruct_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batcher = Batcher(lambda jobs: run_batch(self.rec, jobs), max_jobs=max_batch_size)
         self.rows = Counter("cfgdiff_rows_reconstructed", description="Fields reconstructed (each of K samples).")
         self.nfe = Counter("cfgdiff_nfe", description="Network evaluations spent on reconstructions.")
+        self.timed_out = Counter("cfgdiff_requests_timed_out", description="Requests answered 504 and cancelled.")
 
     async def __call__(self, request: Request) -> Response:
         path, method = request.url.path.rstrip("/") or "/", request.method
@@ -69,18 +79,25 @@ class CfgdiffService:
                                  request.headers.get("content-type", "application/json"))
         except RequestError as e:
             return _json(e.body(), e.status)
+        timeout = job.timeout_s or self.timeout_s
         try:
-            answer = await self.reconstruct_batch(job)
+            answer = await asyncio.wait_for(self.reconstruct_batch(job), timeout)
         except InputError as e:  # a request that passed decoding but not the sampler's own checks
             return _json({"error": str(e), "field": "condition"}, 422)
+        except asyncio.TimeoutError:
+            job.cancelled = True  # the Batcher skips it if its turn has not come
+            self.timed_out.inc()
+            return _json({"error": f"timeout_s: no answer within {timeout:g} s; the request was cancelled",
+                          "field": "timeout_s"}, 504)
         return _json(encode_answer(job, answer))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def reconstruct_batch(self, jobs: list) -> list:
-        answers = await asyncio.get_running_loop().run_in_executor(None, run_batch, self.rec, jobs)
+        answers = await self.batcher.submit(jobs)
         for a in answers:
-            self.rows.inc(a["meta"]["rows"] * a["meta"]["num_samples"])
-            self.nfe.inc(a["meta"]["nfe"] * a["meta"]["rows"] * a["meta"]["num_samples"])
+            if a is not None:
+                self.rows.inc(a["meta"]["rows"] * a["meta"]["num_samples"])
+                self.nfe.inc(a["meta"]["nfe"] * a["meta"]["rows"] * a["meta"]["num_samples"])
         return answers
 
 
@@ -93,26 +110,31 @@ def checkpoint_files(path: str) -> dict[str, bytes]:
 
 def _scaling(replicas: int, autoscale: tuple[int, int] | None, max_batch_size: int) -> dict[str, Any]:
     """The deployment's replica options: a fixed count, or an autoscaling range targeting full batches."""
+    ongoing = {"max_ongoing_requests": max(64, max_batch_size * CONCURRENT_BATCHES)}
     if not autoscale:
-        return {"num_replicas": replicas}
+        return {"num_replicas": replicas, **ongoing}
     if not 0 <= autoscale[0] <= autoscale[1] >= 1:
         raise InputError(f"--autoscale {autoscale[0]},{autoscale[1]}: expected 0 <= MIN <= MAX and MAX >= 1")
     return {"autoscaling_config": {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
-                                   "target_ongoing_requests": max_batch_size}}
+                                   "target_ongoing_requests": max_batch_size}, **ongoing}
 
 
 def build(checkpoint: str, *, replicas: int = 1, autoscale: tuple[int, int] | None = None, gpus_per_replica: float = 0.0,
           cpus_per_replica: float = 1.0, route: str = "/reconstruct", max_batch_size: int = 16,
-          batch_wait_timeout_s: float = 0.01, max_request_mb: float = 16.0, threads: int = 1):
+          batch_wait_timeout_s: float = 0.01, max_request_mb: float = 16.0, threads: int = 1,
+          request_timeout_s: float | None = None):
     """The bound application (validated before anything is deployed)."""
     if replicas < 1 or max_batch_size < 1 or batch_wait_timeout_s < 0 or max_request_mb <= 0:
         raise InputError("--replicas and --max-batch-size must be >= 1, --batch-wait-s >= 0, --max-request-mb > 0")
+    if request_timeout_s is not None and not 0 < request_timeout_s <= MAX_TIMEOUT_S:
+        raise InputError(f"--request-timeout-s must be in (0, {MAX_TIMEOUT_S:g}], got {request_timeout_s:g}")
     if not route.startswith("/") or route.rstrip("/") in ("", "/healthz", "/info"):
         raise InputError(f"--route {route!r}: expected a path such as /reconstruct (not /, /healthz or /info)")
-    dep = CfgdiffService.options(**_scaling(replicas, autoscale, max_batch_size), ray_actor_options={"num_cpus": cpus_per_replica,
-                                                               "num_gpus": gpus_per_replica})
+    dep = CfgdiffService.options(**_scaling(replicas, autoscale, max_batch_size),
+                                 ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
     return dep.bind(checkpoint_files(checkpoint), route=route, max_batch_size=max_batch_size,
-                    batch_wait_timeout_s=batch_wait_timeout_s, max_request_mb=max_request_mb, threads=threads)
+                    batch_wait_timeout_s=batch_wait_timeout_s, max_request_mb=max_request_mb, threads=threads,
+                    request_timeout_s=request_timeout_s)
 
 
 def app(args: dict[str, Any]):
@@ -122,12 +144,9 @@ def app(args: dict[str, Any]):
     return build(checkpoint, **args)
 
 
-def deploy(application, *, host: str = "127.0.0.1", port: int = 8000, request_timeout_s: float | None = None) -> str:
+def deploy(application, *, host: str = "127.0.0.1", port: int = 8000) -> str:
     """Start Serve's HTTP proxy on host:port and run the application; returns its base URL."""
-    opts: dict[str, Any] = {"host": host, "port": port}
-    if request_timeout_s:
-        opts["request_timeout_s"] = request_timeout_s
-    serve.start(http_options=opts)
+    serve.start(http_options={"host": host, "port": port})
     serve.run(application, name=APP, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
 
@@ -140,7 +159,8 @@ def undeploy(shutdown: bool = True) -> None:
 
 
 def print_config(checkpoint: str, *, replicas: int, autoscale, gpus_per_replica: float, port: int, route: str,
-                 max_batch_size: int, batch_wait_timeout_s: float, max_request_mb: float) -> str:
+                 max_batch_size: int, batch_wait_timeout_s: float, max_request_mb: float,
+                 request_timeout_s: float | None = None) -> str:
     """A ``serve deploy`` / RayService config for this model (the checkpoint path must be readable on the nodes)."""
     import yaml
 
@@ -150,6 +170,6 @@ def print_config(checkpoint: str, *, replicas: int, autoscale, gpus_per_replica:
            "applications": [{"name": APP, "route_prefix": "/", "import_path": "cluster.serve:app",
                              "args": {"checkpoint": str(Path(checkpoint).resolve()), "route": route,
                                       "max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s,
-                                      "max_request_mb": max_request_mb},
+                                      "max_request_mb": max_request_mb, "request_timeout_s": request_timeout_s},
                              "deployments": [dep]}]}
     return yaml.safe_dump(doc, sort_keys=False)

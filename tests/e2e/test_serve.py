@@ -61,30 +61,35 @@ def _request(i: int):
     return cond, mask, {"seed": 1000 + i, "num_samples": 1 + i % 2, "steps": 3, "w": 1.5}
 
 
+def _direct(checkpoint, requests):
+    """``cfgdiff.load(CKPT).reconstruct(...)`` for each (cond, mask, kwargs), at 1 thread as the replica runs."""
+    rec, threads = cfgdiff.load(checkpoint), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [rec.reconstruct(cond, mask, **kw) for cond, mask, kw in requests]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_concurrent_requests_equal_direct_reconstruct_bit_for_bit(service, tiny_checkpoint):
     url, client = service
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda i: client.reconstruct(*_request(i)[:2], **_request(i)[2]), range(16)))
-    rec = cfgdiff.load(tiny_checkpoint)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the replica runs (--threads-per-replica 1)
-    try:
-        for i, a in enumerate(answers):
-            cond, mask, kw = _request(i)
-            ref = rec.reconstruct(cond, mask, **kw)
-            assert np.array_equal(a.mean, ref.mean), f"request {i}: differs from reconstruct() with the same seed"
-            known = mask.astype(bool)
-            assert np.array_equal(a.mean[known], cond[known]), "known pixels exact"
-            if kw["num_samples"] > 1:
-                assert np.array_equal(a.std, ref.std) and np.array_equal(a.samples, ref.samples)
-            assert a.meta["seed"] == kw["seed"] and a.meta["nfe"] > 0 and a.meta["rows"] == len(cond)
-    finally:
-        torch.set_num_threads(threads)
+    refs = _direct(tiny_checkpoint, [_request(i) for i in range(16)])
+    for i, (a, ref) in enumerate(zip(answers, refs)):
+        cond, mask, kw = _request(i)
+        assert np.array_equal(a.mean, ref.mean), f"request {i}: differs from reconstruct() with the same seed"
+        known = mask.astype(bool)
+        assert np.array_equal(a.mean[known], cond[known]), "known pixels exact"
+        if kw["num_samples"] > 1:
+            assert np.array_equal(a.std, ref.std) and np.array_equal(a.samples, ref.samples)
+        assert a.meta["seed"] == kw["seed"] and a.meta["nfe"] > 0 and a.meta["rows"] == len(cond)
     assert max(a.meta["batched_rows"] for a in answers) > max(a.meta["rows"] for a in answers), "requests were batched"
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url + "/reconstruct", data=body, method="POST")
+    req = urllib.request.Request(url + "/reconstruct", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -106,6 +111,7 @@ def test_bad_requests_get_http_errors_and_the_replica_keeps_serving(service):
         (json.dumps({**good, "steps": 10**6}).encode(), 422, "steps"),
         (json.dumps({**good, "num_samples": 1000}).encode(), 422, "num_samples"),
         (json.dumps({**good, "colour": 1}).encode(), 422, "colour"),
+        (json.dumps({**good, "timeout_s": 0}).encode(), 422, "timeout_s"),
         (b"{" + b" " * 300_000 + b"}", 413, "body"),
     ]
     for body, status, field in cases:
@@ -169,3 +175,51 @@ def test_multipart_png_request_over_http(service):
 
     out = np.asarray(Image.open(io.BytesIO(base64.b64decode(doc["reconstruction"][0]["png"]))))
     assert out.shape == (16, 16) and np.array_equal(out[mask > 0], img[mask > 0]) and doc["meta"]["steps"] == 2
+
+
+def _metrics() -> dict[str, float]:
+    """cfgdiff's counters as Ray's Prometheus endpoint on this node exports them (summed over replicas)."""
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ray_cfgdiff_"):
+            name = line.split("{")[0].split(" ")[0].removeprefix("ray_").removesuffix("_total")
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_a_timed_out_request_is_cancelled_and_the_queue_goes_on_and_counters_are_exported(service, tiny_checkpoint):
+    url, client = service
+    cond, mask, _ = _request(2)
+    slow = ThreadPoolExecutor(1).submit(client.reconstruct, cond, mask, num_samples=16, steps=200, seed=5)
+    time.sleep(1.0)  # the slow request is computing (batch wait 0.2 s)
+    c_cond, c_mask, kw = _request(0)
+    body = {"condition": c_cond.tolist(), "mask": c_mask.tolist(), **kw}
+    with ThreadPoolExecutor(2) as pool:
+        t0 = time.perf_counter()
+        timed_out = pool.submit(_post, url, json.dumps({**body, "seed": 1, "timeout_s": 0.5}).encode())
+        time.sleep(0.1)
+        other = pool.submit(client.reconstruct, c_cond, c_mask, **kw)
+        code, doc = timed_out.result()
+        waited = time.perf_counter() - t0
+        assert (code, doc["field"]) == (504, "timeout_s") and "cancelled" in doc["error"], (code, doc)
+        assert not slow.done(), "the slow request was still computing when the other one timed out"
+        answer = other.result()
+    assert waited < 5, f"the 504 came after {waited:.1f} s"
+    assert answer.meta["batched_rows"] == answer.meta["rows"], "the cancelled request was not computed with it"
+    assert np.array_equal(answer.mean, _direct(tiny_checkpoint, [(c_cond, c_mask, kw)])[0].mean)
+    assert slow.result().meta["steps"] == 200
+    with pytest.raises(ServiceError, match="HTTP 504"):  # the client does not retry a 504
+        client.reconstruct(cond, mask, num_samples=16, steps=200, seed=6, timeout_s=0.2)
+    deadline, seen = time.time() + 60, {}
+    while time.time() < deadline:  # Ray pushes metrics to the node's exporter every few seconds
+        seen = _metrics()
+        if seen.get("cfgdiff_requests_timed_out", 0) >= 2 and seen.get("cfgdiff_rows_reconstructed", 0) > 0:
+            break
+        time.sleep(2)
+    assert seen.get("cfgdiff_requests_timed_out", 0) >= 2, seen
+    assert seen.get("cfgdiff_rows_reconstructed", 0) >= 4 * 16 and seen.get("cfgdiff_nfe", 0) > 0, seen
