@@ -155,6 +155,8 @@ def test_print_config_and_flag_errors(tiny_checkpoint, capsys):
     assert code == 2 and "--autoscale 3,1" in err
     code, _, err = run_cli(["serve", tiny_checkpoint, "--route", "/healthz"], capsys)
     assert code == 2 and "--route" in err
+    code, _, err = run_cli(["serve", tiny_checkpoint, "--request-timeout-s", "0"], capsys)
+    assert code == 2 and "--request-timeout-s must be in (0, 3600], got 0" in err
 
 
 def test_multipart_png_request_over_http(service):
