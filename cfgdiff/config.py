@@ -132,6 +132,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16 autocast; auto: bf16 on GPUs and AVX512-BF16/AMX CPUs
     compile: bool = False  # torch.compile the model
     channels_last: bool = True  # channels_last memory format (faster convolutions on CPU and GPU)
+    activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     seed: int = 0  # base seed (rank r uses seed + 1000 r)
     degrade: str = "mix:drop:0.8,box:0.4,sensors:64,half:1"  # used when data holds only targets
     augment: str = "none"  # symmetry augmentation per row: none, flips, rot90 or d4 (cfgdiff.augment)

@@ -6,12 +6,17 @@ The condition reaches the network in up to three ways, each switchable in ``Mode
     convs (ControlNet, Zhang et al. 2302.05543);
 (c) ``use_cross_attn``: U-Net tokens attend to control tokens at levels of side <= cross_attn_max_res.
 Zero-initialised (b) and (c) make the network at initialisation equal its concat-only variant.
+
+``checkpointing`` (set by training from ``train.activation_checkpointing``) recomputes each residual and
+attention block's activations in the backward pass instead of keeping them (Chen et al. 1604.06174): the
+same gradients (tested bit for bit) for about a third more compute and a fraction of the activation memory.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .control import ControlEncoder
@@ -44,6 +49,7 @@ class ConditionalUNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.prediction = cfg.prediction  # what the output is (eps or v): the samplers read it from here
+        self.checkpointing = False  # recompute block activations in backward (training memory)
         C, Cc, Cm, dim = cfg.in_channels, cfg.cond_channels, cfg.mask_channels, cfg.dim
         chs = [dim * m for m in cfg.dim_mults]
         L = len(chs)
@@ -110,29 +116,35 @@ class ConditionalUNet(nn.Module):
         h = self.init_conv(torch.cat([x_t, cond, mask], 1) if self.cfg.use_concat else x_t)
         ctrl = self.control(cond, mask) if self.control is not None else None
         skips = []
+        run = self._run
         for i, (level, down) in enumerate(zip(self.down, self.down_samplers)):
             for b, block in enumerate(level.blocks):
-                h = block(h, emb)
+                h = run(block, h, emb)
                 if b == 0 and self.inject is not None:  # (b) ControlNet-style add at this resolution
                     h = h + self.inject[i](ctrl[i])
                 skips.append(h)
-            h = self._attend(level, h, ctrl[i] if ctrl is not None else None)
+            h = run(self._attend, level, h, ctrl[i] if ctrl is not None else None)
             h = down(h)
         if self.inject_mid is not None:
             h = h + self.inject_mid(ctrl[-1])
-        h = self.mid1(h, emb)
+        h = run(self.mid1, h, emb)
         if self.mid_attn is not None:
-            h = self.mid_attn(h)
+            h = run(self.mid_attn, h)
         if self.mid_cross is not None:
-            h = self.mid_cross(h, ctrl[-1])
-        h = self.mid2(h, emb)
+            h = run(self.mid_cross, h, ctrl[-1])
+        h = run(self.mid2, h, emb)
         L = len(self.up)
         for j, (level, up) in enumerate(zip(self.up, self.up_samplers)):
             for block in level.blocks:
-                h = block(torch.cat([h, skips.pop()], 1), emb)
-            h = self._attend(level, h, ctrl[L - 1 - j] if ctrl is not None else None)
+                h = run(block, torch.cat([h, skips.pop()], 1), emb)
+            h = run(self._attend, level, h, ctrl[L - 1 - j] if ctrl is not None else None)
             h = up(h)
         return self.out_conv(torch.nn.functional.silu(self.out_norm(h)))
+
+    def _run(self, fn, *args):
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     @staticmethod
     def _attend(level: _Level, h: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 _ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # the controller's poll (2 s by default): a run's end is seen sooner
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_DATA_LOG_LEVEL": "ERROR",  # --verbose (quiet=False) restores Ray Data's INFO logs
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -128,6 +128,7 @@ def train_loop_per_worker(lc: dict) -> dict:
 
     torch.manual_seed(tc.seed)  # the initial weights (DDP then broadcasts rank 0's to every rank)
     model = ConditionalUNet(cfg.model).to(device)
+    model.checkpointing = tc.activation_checkpointing
     ema = EMA(model, tc.ema_decay)
     opt = make_optimizer(model, tc)
     sched = make_lr_scheduler(opt, tc)

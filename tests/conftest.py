@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import pytest
 import torch
@@ -18,6 +19,12 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # tests bind Ray to loopback only
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# A suite started in the background by a non-interactive shell (`pytest &`, nohup) inherits SIGINT ignored
+# (POSIX), and so would every cfgdiff process it starts: the Ctrl-C tests would then test nothing (their
+# processes ignore Ctrl-C and run to the end). Python's own handler here makes children start with the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 RAY_CPUS = 6  # a few more logical CPUs than workers + actors so Ray Data is never starved
 

@@ -180,7 +180,8 @@ def test_multipart_png_request_over_http(service):
 
 
 def _metrics() -> dict[str, float]:
-    """cfgdiff's counters as Ray's Prometheus endpoint on this node exports them (summed over replicas)."""
+    """cfgdiff's counters and Serve's own metrics as Ray's Prometheus endpoint on this node exports them (each
+    name summed over its label sets)."""
     import ray
 
     port = ray.nodes()[0]["MetricsExportPort"]
@@ -188,7 +189,7 @@ def _metrics() -> dict[str, float]:
         text = r.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("ray_cfgdiff_"):
+        if line.startswith(("ray_cfgdiff_", "ray_serve_")):
             name = line.split("{")[0].split(" ")[0].removeprefix("ray_").removesuffix("_total")
             out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
@@ -217,11 +218,18 @@ def test_a_timed_out_request_is_cancelled_and_the_queue_goes_on_and_counters_are
     assert slow.result().meta["steps"] == 200
     with pytest.raises(ServiceError, match="HTTP 504"):  # the client does not retry a 504
         client.reconstruct(cond, mask, num_samples=16, steps=200, seed=6, timeout_s=0.2)
-    deadline, seen = time.time() + 60, {}
-    while time.time() < deadline:  # Ray pushes metrics to the node's exporter every few seconds
-        seen = _metrics()
-        if seen.get("cfgdiff_requests_timed_out", 0) >= 2 and seen.get("cfgdiff_rows_reconstructed", 0) > 0:
-            break
+    def exported(seen: dict[str, float]) -> bool:
+        return (seen.get("cfgdiff_requests_timed_out", 0) >= 2 and seen.get("cfgdiff_rows_reconstructed", 0) >= 3 * 16 + 1
+                and seen.get("cfgdiff_nfe", 0) > 0 and seen.get("serve_deployment_request_counter", 0) > 0
+                and seen.get("serve_deployment_processing_latency_ms_count", 0) > 0)
+
+    deadline, seen = time.time() + 90, {}
+    while time.time() < deadline and not exported(seen):  # Ray pushes metrics to the node's exporter every few s
         time.sleep(2)
+        seen = _metrics()
     assert seen.get("cfgdiff_requests_timed_out", 0) >= 2, seen
-    assert seen.get("cfgdiff_rows_reconstructed", 0) >= 4 * 16 and seen.get("cfgdiff_nfe", 0) > 0, seen
+    assert seen.get("cfgdiff_rows_reconstructed", 0) >= 3 * 16 + 1 and seen.get("cfgdiff_nfe", 0) > 0, seen  # 3 rows x K=16 (the slow one) + 1
+    # Serve's own: requests, latency and queue length, as usual
+    assert seen.get("serve_deployment_request_counter", 0) > 0, sorted(seen)
+    assert seen.get("serve_deployment_processing_latency_ms_count", 0) > 0, sorted(seen)
+    assert "serve_deployment_queued_queries" in seen or "serve_replica_processing_queries" in seen, sorted(seen)

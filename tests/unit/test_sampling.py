@@ -87,12 +87,12 @@ def exact_sampler_moments(sched, model, method, steps, eta, known=None, y=None, 
     in closed form: m <- M m + v, P <- M P M^T + sigma^2 I. This checks the implementation to
     Monte-Carlo precision, separately from the discretisation error of using few steps.
     """
-    from cfgdiff.sampling import _move_coefficients
+    from cfgdiff.sampling import move_coefficients
 
     taus = timestep_sequence(sched.T, steps)
     ab_lv = torch.cat([sched.alpha_bar.double()[taus], torch.ones(1, dtype=torch.float64)])
     moves = plan_moves(len(taus), None)
-    coefs = _move_coefficients(ab_lv, moves, method, eta)
+    coefs = move_coefficients(ab_lv, moves, method, eta)
     I = torch.eye(D, dtype=torch.float64)
     if known is not None:
         m_data, S_data = model.conditional(y_cond, known)
@@ -181,15 +181,15 @@ def test_exact_gaussian_conditional_with_projection_matches_kriging(method, step
 
 
 def test_ddim_eta1_full_schedule_has_ddpm_posterior_variance():
-    from cfgdiff.sampling import _move_coefficients
+    from cfgdiff.sampling import move_coefficients
 
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 50))
     taus = timestep_sequence(50, 50)
     assert taus == list(range(49, -1, -1))
     ab = torch.cat([sched.alpha_bar.double()[taus], torch.ones(1, dtype=torch.float64)])
     moves = plan_moves(50, None)
-    ddim = _move_coefficients(ab, moves, "ddim", 1.0)
-    ddpm = _move_coefficients(ab, moves, "ddpm", 1.0)
+    ddim = move_coefficients(ab, moves, "ddim", 1.0)
+    ddpm = move_coefficients(ab, moves, "ddpm", 1.0)
     for (k, _), (_, _, _, s_ddim), (a, _, c, s_ddpm) in zip(moves, ddim, ddpm):
         t = taus[k]
         assert math.isclose(s_ddim**2, float(sched.posterior_variance[t]), rel_tol=1e-4, abs_tol=1e-12)
@@ -413,7 +413,7 @@ def test_dpm2m_matches_kriging_with_projection_and_returns_known_pixels_exactly(
 
 
 def test_sde_2m_first_step_is_the_ddpm_posterior_step():
-    from cfgdiff.sampling import _move_coefficients, dpm_solver_2m_sde_step
+    from cfgdiff.sampling import dpm_solver_2m_sde_step, move_coefficients
 
     sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 1000))
     taus = timestep_sequence(1000, 10)
@@ -421,7 +421,7 @@ def test_sde_2m_first_step_is_the_ddpm_posterior_step():
     g = torch.Generator().manual_seed(0)
     x, x0, z = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
     for k in (0, 4, 8):
-        a, _, c, sigma = _move_coefficients(ab, [(k, k + 1)], "ddpm", 1.0)[0]
+        a, _, c, sigma = move_coefficients(ab, [(k, k + 1)], "ddpm", 1.0)[0]
         got, _ = dpm_solver_2m_sde_step(x, x0, float(ab[k]), float(ab[k + 1]), None, lambda: z)
         torch.testing.assert_close(got, a * x0 + c * x + sigma * z, rtol=1e-12, atol=1e-12)
     last, _ = dpm_solver_2m_sde_step(x, x0, float(ab[9]), 1.0, (0.0, x0), lambda: z)
@@ -473,3 +473,27 @@ def test_per_channel_masks_project_exactly_and_reach_the_two_channel_kriging_pos
     # a per-pixel mask of the wrong channel count is refused
     with pytest.raises(ValueError, match=r"per channel"):
         sample(model, cond, mask[:, :1].repeat(1, 3, 1, 1)[:, :, :, :3], schedule=sched, steps=2, clip_x0=False)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm2m", "dpm2m-sde"])
+def test_each_solver_composed_from_its_parts_equals_sample_and_returns_known_pixels_exactly(method):
+    """#20.1: sample() is only the composition CFG -> Denoiser (x0 hooks) -> solver (sample hooks); built by hand
+    from the parts, every solver gives the same bits, with RePaint moves and guidance, and known pixels exact."""
+    from cfgdiff.config import METHODS
+    from cfgdiff.sampling import CFG, SOLVERS, ClipX0, Denoiser, NoiseSource, Points, ProjectKnown
+
+    assert set(SOLVERS) == set(METHODS), "every method the config accepts is a solver"
+    sched = NoiseSchedule.from_config(ScheduleConfig("cosine", 100))
+    model, known, y, cond, mask, _, _ = kriging_problem(sched, 16)
+    ref = sample(model, cond, mask, schedule=sched, method=method, steps=8, w=1.5, seed=2, resample=(2, 2))
+
+    noise = NoiseSource(cond.shape, cond.device, seed=2)
+    points = Points.make(sched, 8, (2, 2), cond.device)
+    denoiser = Denoiser(CFG(model, 1.5), sched, cond, mask, x0_hooks=[ClipX0(-1.0, 1.0, cond.device)])
+    project = ProjectKnown(cond, mask.bool(), noise, points.ab.sqrt().tolist(), (1 - points.ab).sqrt().tolist())
+    x = SOLVERS[method](denoiser, project(noise(), 0), points, noise, [project])
+    assert torch.equal(x, ref.x0)
+    assert denoiser.calls == ref.num_model_calls == 2 * denoiser.evals and denoiser.evals == ref.num_steps
+    assert ref.num_steps > 8, "the RePaint moves were taken"
+    keep = mask.bool().expand_as(x)
+    assert torch.equal(x[keep], cond[keep]), "known pixels exact at the end"
