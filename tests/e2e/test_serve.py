@@ -228,7 +228,8 @@ def test_a_timed_out_request_is_cancelled_and_the_queue_goes_on_and_counters_are
         time.sleep(2)
         seen = _metrics()
     assert seen.get("cfgdiff_requests_timed_out", 0) >= 2, seen
-    assert seen.get("cfgdiff_rows_reconstructed", 0) >= 3 * 16 + 1 and seen.get("cfgdiff_nfe", 0) > 0, seen  # 3 rows x K=16 (the slow one) + 1
+    # the slow request's 3 rows x K=16, and the request queued beside the one that timed out
+    assert seen.get("cfgdiff_rows_reconstructed", 0) >= 3 * 16 + 1 and seen.get("cfgdiff_nfe", 0) > 0, seen
     # Serve's own: requests, latency and queue length, as usual
     assert seen.get("serve_deployment_request_counter", 0) > 0, sorted(seen)
     assert seen.get("serve_deployment_processing_latency_ms_count", 0) > 0, sorted(seen)
