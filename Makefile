@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 RUN_DIR ?= runs/demo
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: lint
 
 bench: install
 	$(PY) -m bench
+
+# On a GPU machine (bench/gpu_check.py): no bootstrap, since such a machine may have no package index; it uses
+# .venv where there is one and the system's CUDA Python otherwise (GPU_PY=... to choose).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) -m bench.gpu_check
 
 clean:
 	rm -rf runs .pytest_cache

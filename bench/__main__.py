@@ -24,7 +24,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
     p.add_argument("--batch", type=int, nargs="*", default=[32], help="batch sizes for the model benchmark")
     p.add_argument("--no-peers", action="store_true", help="skip the peer libraries in the model benchmark")
-    p.add_argument("--size", type=int, default=64, help="field side for the presets benchmark")
+    p.add_argument("--size", type=int, default=None,
+                   help="field side: model (default 32), presets (64), memory (256)")
     p.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -39,7 +40,8 @@ def main() -> None:
             from . import model
 
             precs = (a.precision,) if a.precision else ("fp32", "bf16")
-            title, body = "Training step: cfgdiff vs peers", model.run(a.device, tuple(a.batch), precs, not a.no_peers)
+            title, body = "Training step: cfgdiff vs peers", model.run(a.device, tuple(a.batch), precs, not a.no_peers,
+                                                                       size=a.size or 32)
         elif w == "data":
             from . import data
 
@@ -55,11 +57,11 @@ def main() -> None:
         elif w == "presets":
             from . import presets
 
-            title, body = f"Architecture presets at {a.size}x{a.size}", presets.run(a.device, a.size)
+            title, body = f"Architecture presets at {a.size or 64}x{a.size or 64}", presets.run(a.device, a.size or 64)
         elif w == "memory":
             from . import presets
 
-            title, body = f"Training memory at {a.size}x{a.size}", presets.memory(a.device, a.size)
+            title, body = f"Training memory at {a.size or 256}x{a.size or 256}", presets.memory(a.device, a.size or 256)
         elif w == "tiling":
             from . import tiling
 

@@ -87,9 +87,9 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
-def record(title: str, body: str) -> None:
+def record(title: str, body: str, cmd: str | None = None) -> None:
     """Append a section with the machine, the command and the table to bench/RESULTS.md."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    cmd = "python -m bench " + " ".join(sys.argv[1:])
+    cmd = cmd or "python -m bench " + " ".join(sys.argv[1:])
     with open(RESULTS, "a") as f:
         f.write(f"\n## {title} ({stamp})\n\n`{cmd}`  \n{machine()}\n\n{body}\n")

@@ -43,8 +43,8 @@ def _stub_torchvision() -> None:
     sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.utils": tv.utils})
 
 
-def peers() -> dict[str, torch.nn.Module]:
-    """Peer U-Nets at cfgdiff's reference size (dim 48, mults 1-2-4, 32x32)."""
+def peers(size: int = 32) -> dict[str, torch.nn.Module]:
+    """Peer U-Nets at cfgdiff's reference size (dim 48, mults 1-2-4), for size x size fields."""
     out = {}
     _stub_torchvision()
     try:
@@ -57,7 +57,8 @@ def peers() -> dict[str, torch.nn.Module]:
         from diffusers import UNet2DModel
 
         out["diffusers UNet2DModel"] = UNet2DModel(
-            sample_size=32, in_channels=3, out_channels=1, block_out_channels=(40, 80, 160), layers_per_block=2, norm_num_groups=8,
+            sample_size=size, in_channels=3, out_channels=1, block_out_channels=(40, 80, 160), layers_per_block=2,
+            norm_num_groups=8,
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
     except Exception as e:  # noqa: BLE001
@@ -89,12 +90,13 @@ def _flops(name, model, x, t, c, m) -> tuple[float, float]:
 
 
 def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_peers: bool = True,
-        channels_last: bool = True) -> str:
+        channels_last: bool = True, size: int = 32) -> str:
+    hw = (size, size)
     models = {"cfgdiff concat-only (dim 48, 1-2-4)":
-              ConditionalUNet(ModelConfig(use_control_add=False, use_cross_attn=False)),
-              "cfgdiff full (control add + cross-attn)": ConditionalUNet(ModelConfig())}
+              ConditionalUNet(ModelConfig(image_size=hw, use_control_add=False, use_cross_attn=False)),
+              "cfgdiff full (control add + cross-attn)": ConditionalUNet(ModelConfig(image_size=hw))}
     if with_peers:
-        models.update(peers())
+        models.update(peers(size))
     peak = {"fp32": matmul_peak_gflops(torch.float32, device)}
     if "bf16" in precisions:
         peak["bf16"] = matmul_peak_gflops(torch.bfloat16, device)
@@ -106,7 +108,7 @@ def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_pe
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for B in batches:
-            x = torch.randn(B, 1, 32, 32, device=device)
+            x = torch.randn(B, 1, size, size, device=device)
             c, m = torch.randn_like(x), torch.ones_like(x)
             t = torch.randint(0, 1000, (B,), device=device)
             fl, fl_train = _flops(name, model, x, t, c, m)
@@ -129,4 +131,4 @@ def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_pe
             + " (best of torch.matmul and a 1x1-conv GEMM; MKL matmul is slow on this AMD CPU, oneDNN is not)"
             + "; MFU = counted forward+backward FLOPs x img/s / that peak.")
     return table(rows, ["model", "params M", "GFLOP/img fwd", "batch", "precision", "img/s", "GFLOP/s", "MFU"]) + \
-        "\n\n" + note
+        f"\n\n{size}x{size} fields. " + note

@@ -79,6 +79,32 @@ def check_finite_weights(weights: dict[str, torch.Tensor], where: str) -> None:
             raise CheckpointError(f"{where}: refusing to write non-finite weights (tensor {k} holds NaN or inf)")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask sets it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share(path: str | os.PathLike) -> None:
+    """chmod a tree to what a plain ``open()``/``mkdir`` would give (files 0666, folders 0777, less the umask:
+    0644/0755 under the usual 022), where ``tempfile.mkdtemp``, used for atomic writes, leaves 0700."""
+    mask = _umask()
+    root = Path(path)
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+
+
 def write_checkpoint_files(directory: str | os.PathLike, weights: dict[str, torch.Tensor],
                            config: ExperimentConfig, normalization: Normalization,
                            meta: dict[str, Any] | None = None,
@@ -109,6 +135,7 @@ def save_checkpoint(path: str | os.PathLike, weights: dict[str, torch.Tensor], c
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         write_checkpoint_files(tmp, weights, config, normalization, meta, training_state)
+        share(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

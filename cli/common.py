@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 import sys
 
 import click
@@ -87,6 +88,12 @@ def preset_option(f):
                         help="Architecture size, scaled to the field (or crop) size: levels to an 8-16 px bottleneck, "
                              "attention placed by token count. Default: small, unless the config or --set "
                              "customises the architecture. --set model.* still wins.")(f)
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command as the user typed it (for model cards)."""
+    root = ctx.find_root()
+    return shlex.join(["cfgdiff", *((root.obj or {}).get("argv") or sys.argv[1:])])
 
 
 def ray_options(f):

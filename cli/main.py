@@ -31,7 +31,7 @@ def cli(ctx: click.Context, verbose: bool | None, debug: bool) -> None:
       cfgdiff tune  --data data/ds                # Ray Tune over p (dropout) and w (guidance)
       cfgdiff infer runs/cfgdiff-run/export --input data/ds --out out/recon.npy
     """
-    ctx.obj = {"verbose": verbose, "debug": debug}
+    ctx.obj = {**(ctx.obj or {}), "verbose": verbose, "debug": debug}
     setup_logging(verbose)
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("CFGDIFF_DEBUG") == "1"
     try:
-        cli.main(args=argv, prog_name="cfgdiff", standalone_mode=False)
+        cli.main(args=argv, prog_name="cfgdiff", standalone_mode=False, obj={"argv": list(argv)})
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -1,10 +1,11 @@
-"""``cfgdiff info``."""
+"""``cfgdiff info`` and ``cfgdiff export``."""
 
 from __future__ import annotations
 
 import click
 
 from cfgdiff.checkpoint import load_checkpoint
+from cfgdiff.export import export_checkpoint, find_checkpoint
 from cfgdiff.flops import forward_flops
 from cfgdiff.presets import describe
 from cfgdiff.unet import num_parameters
@@ -29,4 +30,19 @@ def info_cmd(checkpoint):
     click.echo(f"forward GFLOPs per sample: {forward_flops(model, mc) / 1e9:.3f}")
 
 
-COMMANDS = [info_cmd]
+@click.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="The model folder to write.")
+@click.option("--checkpoint", "which", default="latest", show_default=True, metavar="latest|best|export|step_N",
+              help="Which of the run's checkpoints (ignored when RUN is itself a checkpoint).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+def export_cmd(run, out, which, overwrite):
+    """Export a checkpoint of RUN (a `cfgdiff train` run folder, or a checkpoint folder) as a model to share:
+    config.json, model.safetensors and a README.md model card, without the training state; files 0644 and
+    folders 0755 under the usual umask."""
+    src = find_checkpoint(run, which)
+    dst = export_checkpoint(src, out, overwrite=overwrite)
+    click.echo(f"exported {src} -> {dst} ({', '.join(sorted(p.name for p in dst.iterdir()))})")
+
+
+COMMANDS = [info_cmd, export_cmd]

@@ -12,7 +12,7 @@ from cfgdiff.config import PRECISIONS, ExperimentConfig, resume_conflicts
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import fmt_metrics, preset_option, ray_options, renamed, resume_option
+from .common import command_line, fmt_metrics, preset_option, ray_options, renamed, resume_option
 
 
 def load_base_config(config_file: str | None) -> ExperimentConfig:
@@ -91,7 +91,8 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
     try:
         job = TrainJob(data_dir=data, config=cfg, run_name=name, storage=storage, workers=workers, use_gpu=gpu,
                        cpus_per_worker=cpus_per_worker, threads_per_worker=threads_per_worker,
-                       max_failures=max_failures, epochs=epochs, placement="SPREAD" if spread else "PACK")
+                       max_failures=max_failures, epochs=epochs, placement="SPREAD" if spread else "PACK",
+                       command=command_line(ctx))
         paths = run_paths(job)
         click.echo(f"Ray: {'embedded local' if info.embedded else 'cluster ' + info.address} "
                    f"({info.num_cpus:g} CPUs, {info.num_gpus:g} GPUs); {workers} worker(s)")

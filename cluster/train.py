@@ -58,6 +58,7 @@ class TrainJob:
     fail_at_step: int | None = None  # test hook: the last worker dies once at this step
     fit_log: str | None = None  # test hook: file that counts from-scratch fits
     progress: bool = True  # draw the run's progress on this driver (off inside Tune trials)
+    command: str | None = None  # the command that made the run (for the export's model card)
 
 
 def config_for_data(meta: DatasetMeta, base: ExperimentConfig, overrides: list[str], preset: str | None = None,
@@ -193,7 +194,8 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta, board
           "tb_dir": paths["tb"], "export_dir": paths["export"], "best_dir": paths["best"],
           "remote_run": None if local else paths["run"], "threads": job.threads_per_worker,
           "eval_ws": list(job.eval_ws) if job.eval_ws else None, "report_epochs_only": job.report_epochs_only,
-          "meta": {"dataset": str(meta.root), "run": paths["run"]}, "data_name": f"--data {meta.root}",
+          "meta": {"dataset": str(meta.root), "run": paths["run"], **({"command": job.command} if job.command else {})},
+          "data_name": f"--data {meta.root}",
           "fail_at_step": job.fail_at_step, "fail_marker": paths["run"] + "/.fault_injected",
           "fit_log": job.fit_log, "workers_dir": paths["run"] + "/workers" if local else None, "progress": board,
           "log_file": paths["run"] + "/train.log" if local else None}

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from cfgdiff.augment import augment_rows, crop_rows
-from cfgdiff.checkpoint import load_training_state, write_checkpoint_files
+from cfgdiff.checkpoint import load_training_state, share, write_checkpoint_files
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.data import decode_batch
 from cfgdiff.degrade import degrade
@@ -39,6 +39,7 @@ from cfgdiff.engine import (
 )
 from cfgdiff.engine import train_step as core_train_step
 from cfgdiff.errors import NonFiniteError
+from cfgdiff.export import write_model
 from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.unet import ConditionalUNet
@@ -102,12 +103,20 @@ class _Saver:
         self.cfg, self.norm, self.meta = cfg, norm, meta
 
     def write(self, directory: str, model, ema: EMA, opt, sched, step: int, epoch: int, extra: dict,
-              epoch_step: int = 0) -> None:
-        """``epoch_step``: batches of ``epoch`` already consumed (a mid-epoch checkpoint resumes after them)."""
+              epoch_step: int = 0, metrics: dict | None = None) -> None:
+        """``epoch_step``: batches of ``epoch`` already consumed (a mid-epoch checkpoint resumes after them);
+        ``metrics``: the report's numbers (a later ``cfgdiff export`` puts them on the model card)."""
         state = {"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
                  "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "step": step, "epoch": epoch, "epoch_step": epoch_step, "extra": extra}
-        write_checkpoint_files(directory, ema.shadow, self.cfg, self.norm, {**self.meta, "step": step}, state)
+        numbers = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+        meta = {**self.meta, "step": step, **({"validation": numbers} if numbers else {})}
+        write_checkpoint_files(directory, ema.shadow, self.cfg, self.norm, meta, state)
+
+    def write_model(self, directory: str, ema: EMA, step: int, metrics: dict) -> None:
+        """An export: config, EMA weights and the model card; the training state stays in the checkpoints."""
+        write_model(directory, ema.shadow, self.cfg, self.norm, {**self.meta, "step": step},
+                    {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
 
 def train_loop_per_worker(lc: dict) -> dict:
@@ -174,7 +183,8 @@ def train_loop_per_worker(lc: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             ck = None
             if rank == 0:
-                saver.write(tmp, model, ema, opt, sched, step, epoch, {"best": best}, epoch_step)
+                saver.write(tmp, model, ema, opt, sched, step, epoch, {"best": best}, epoch_step, metrics)
+                share(tmp)  # mkdtemp's 0700 must not reach shared storage
                 ck = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=tag)  # --- Ray: all ranks
 
@@ -239,7 +249,7 @@ def train_loop_per_worker(lc: dict) -> dict:
         if score > best["score"]:
             best = {"score": score, "step": step}
             if rank == 0 and lc.get("best_dir"):
-                _export(lc["best_dir"], saver, model, ema, opt, sched, step, epoch, best)
+                _export(lc["best_dir"], saver, ema, step, metrics)
         report({"step": step, "epoch": epoch, **last_metrics, **metrics}, f"step_{step:07d}")
         reported = True
     if not reported:  # resumed a finished run (e.g. a restored Tune trial): report its final state once
@@ -247,7 +257,7 @@ def train_loop_per_worker(lc: dict) -> dict:
                             device, tb, step, epoch)
         report({"step": step, "epoch": epoch, **metrics}, f"step_{step:07d}_final")
     if rank == 0 and lc.get("export_dir"):
-        _export(lc["export_dir"], saver, model, ema, opt, sched, step, epoch, best)
+        _export(lc["export_dir"], saver, ema, step, metrics)
     tb.hparams(*_hparams(cfg, metrics, last_metrics))
     tb.close()
     if staging is not None:
@@ -301,9 +311,9 @@ def _step_split(timer: StepTimer, model, world: int, device, steps: int) -> dict
     return split
 
 
-def _export(path: str, saver: _Saver, model, ema, opt, sched, step, epoch, best) -> None:
+def _export(path: str, saver: _Saver, ema, step: int, metrics: dict) -> None:
     tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(path) or ".")
-    saver.write(tmp, model, ema, opt, sched, step, epoch, {"best": best})
+    saver.write_model(tmp, ema, step, metrics)
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(tmp, path)

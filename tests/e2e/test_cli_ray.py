@@ -29,6 +29,21 @@ def test_cli_train_info_infer(ray_session, tiny_data, tmp_path, capsys):
     assert code == 0, err
     assert "tensorboard --logdir" in out and "done: 10 steps" in out
     export = tmp_path / "cli" / "export"
+    # #21.3: an export to share: config, weights and a model card (no training state), 0644/0755 under umask 022
+    assert sorted(p.name for p in export.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (export / "README.md").read_text()
+    assert "steps: 10" in card and f"cfgdiff train --data {tiny_data}" in card and "| psnr |" in card, card
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in export.iterdir()} == {0o666 & ~umask}
+    assert stat.S_IMODE(export.stat().st_mode) == 0o777 & ~umask
+    code, out, err = run(["export", str(tmp_path / "cli"), "--checkpoint", "best", "--out", str(tmp_path / "shared")],
+                         capsys)
+    assert code == 0 and "model.safetensors" in out, err
+    assert "| psnr |" in (tmp_path / "shared" / "README.md").read_text()
     code, out, _ = run(["info", str(export)], capsys)
     assert code == 0 and "parameters:" in out and "GFLOPs" in out
     code, out, err = run(["--quiet", "infer", str(export), "--input", str(tiny_data), "--out", str(tmp_path / "r.npy"),

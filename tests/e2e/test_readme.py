@@ -161,7 +161,8 @@ def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     assert json.loads(Path("answer.json").read_text())["meta"]["num_samples"] == 2, "the curl answer"
     unused = {(k, v) for k, t in SIZES.items() for v in t} - used
     assert not unused, f"size substitutions not found in the README (update SIZES): {sorted(unused)}"
-    assert {"convert", "train", "tune", "infer", "evaluate", "demo-data", "python", "serve", "curl"} <= set(ran), ran
+    assert {"convert", "train", "export", "tune", "infer", "evaluate", "demo-data", "python", "serve", "curl"} <= set(ran), ran
+    assert sorted(p.name for p in Path("models/grf-best").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert Path("runs/cfgdiff-run/export/model.safetensors").exists() and Path("out/recon.npy").exists()
     assert Path("runs/eval/evaluate.png").exists() and Path("runs/tune/best.json").exists()
     # "Large and odd-sized fields": --limit rows of 96x96 (128 in the README) reconstructed in 64x64 tiles (2 x 2)

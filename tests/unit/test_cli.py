@@ -16,7 +16,7 @@ def test_help_lists_only_working_commands(capsys):
     code, out, _ = run(["--help"], capsys)
     assert code == 0
     listed = {line.split()[0] for line in out.split("Commands:")[1].strip().splitlines()}
-    assert listed == {"convert", "demo", "demo-data", "evaluate", "infer", "info", "serve", "train", "tune"}
+    assert listed == {"convert", "demo", "demo-data", "evaluate", "export", "infer", "info", "serve", "train", "tune"}
     code, out, _ = run(["--version"], capsys)
     assert code == 0 and "0.1.0" in out
 
