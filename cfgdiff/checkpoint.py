@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,13 +129,23 @@ def save_checkpoint(path: str | os.PathLike, weights: dict[str, torch.Tensor], c
                     normalization: Normalization, meta: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Atomically write a checkpoint directory at ``path``."""
+    return write_atomically(path, lambda tmp: write_checkpoint_files(tmp, weights, config, normalization, meta,
+                                                                     training_state), overwrite,
+                            "choose another path or pass overwrite=True")
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object], overwrite: bool, hint: str) -> Path:
+    """``write`` a folder next to ``path``, give it shareable permissions, then rename it into place: a reader
+    sees the old folder or the new one, and a failure leaves nothing behind."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise CheckpointError(f"{path}: already exists; choose another path or pass overwrite=True")
+        raise CheckpointError(f"{path}: already exists; {hint}")
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        write_checkpoint_files(tmp, weights, config, normalization, meta, training_state)
+        write(tmp)
         share(tmp)
         if path.exists():
             shutil.rmtree(path)

@@ -9,14 +9,12 @@ model card, without the training state (which stays in the run's checkpoints), r
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, share, write_checkpoint_files
+from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, share, write_atomically, write_checkpoint_files
 from .config import ExperimentConfig
 from .errors import CheckpointError
 from .normalize import Normalization
@@ -76,24 +74,11 @@ def write_model(directory: str | os.PathLike, weights: dict[str, torch.Tensor], 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Re-export the checkpoint at ``src`` (verified on load) as a model directory at ``dst``, atomically."""
     ck = load_checkpoint(src)
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst}: already exists; choose another --out or pass --overwrite")
-    if dst.exists() and not dst.is_dir():
-        raise CheckpointError(f"{dst}: exists and is not a folder")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        meta = {k: v for k, v in ck.meta.items() if k != "validation"}
-        write_model(tmp, ck.state_dict, ck.config, ck.normalization, {**meta, "exported_from": str(Path(src).resolve())},
-                    ck.meta.get("validation"))
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+    meta = {k: v for k, v in ck.meta.items() if k != "validation"}
+    meta["exported_from"] = str(Path(src).resolve())
+    return write_atomically(dst, lambda tmp: write_model(tmp, ck.state_dict, ck.config, ck.normalization, meta,
+                                                         ck.meta.get("validation")),
+                            overwrite, "choose another --out or pass --overwrite")
 
 
 def find_checkpoint(run: str | os.PathLike, which: str = "latest") -> Path:
