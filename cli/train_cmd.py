@@ -65,7 +65,7 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
     workers' own log lines go to OUT/NAME/train.log.
     """
     from cluster.runtime import start_ray, stop_ray
-    from cluster.train import TrainJob, config_for_data, latest_checkpoint, load_run_config, run_paths, run_training
+    from cluster.train import TrainJob, config_for_data, latest_checkpoint, load_run_config, run_exists, run_paths, run_training
 
     meta = DatasetMeta.load(data)
     if epochs is not None and steps is not None:
@@ -81,7 +81,7 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
         base = load_run_config(storage, name)
     else:
         base = load_base_config(config_file)
-        if (Path(storage) / name / "config.json").exists():
+        if run_exists(storage, name):
             raise InputError(f"--name {name}: a run already exists under {storage}; use --resume {name} or a new --name")
     cfg = config_for_data(meta, base, extra, preset=preset, auto_preset=resume is None)
     if resume is not None and (conflicts := resume_conflicts(base, cfg)):
@@ -100,11 +100,12 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
         try:
             s = run_training(job)
         except KeyboardInterrupt:
-            latest = latest_checkpoint(Path(paths["run"])) if "://" not in storage else None
+            latest = latest_checkpoint(paths["run"])
             if latest is None:
                 click.echo("interrupted before the first checkpoint; nothing was kept", err=True)
             else:
-                click.echo(f"interrupted at step {int(latest.name.split('_')[1])} (the last checkpoint); continue with "
+                at = int(latest.rsplit("step_", 1)[1].split("_")[0])
+                click.echo(f"interrupted at step {at} (the last checkpoint); continue with "
                            f"`cfgdiff train --data {data} --out {storage} --resume {name} --steps "
                            f"{cfg.train.max_steps}`", err=True)
             sys.exit(130)

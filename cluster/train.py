@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -31,6 +31,7 @@ from cfgdiff.engine import native_bf16
 from cfgdiff.errors import InputError
 from cfgdiff.presets import apply_preset, is_custom
 
+from . import storage as storage_io
 from .data import parquet_dataset
 from .progress import TrainProgress
 from .runtime import cluster_gpus, console_is_quiet
@@ -219,11 +220,16 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta, board
 
 
 def load_run_config(storage: str, name: str) -> ExperimentConfig:
-    """The resolved config a run started with (``RUN/config.json``), for ``--resume``."""
-    f = Path(storage) / name / "config.json"
-    if not f.is_file():
-        raise InputError(f"--resume {name}: no run at {f.parent} (expected {f.name}); check --storage")
-    return ExperimentConfig.from_json(f.read_text())
+    """The resolved config a run started with (``RUN/config.json``, local or on URI storage), for ``--resume``."""
+    f = storage_io.join(storage, name, storage_io.CONFIG)
+    if not storage_io.exists(f):
+        raise InputError(f"--resume {name}: no run at {storage_io.join(storage, name)} (expected config.json); "
+                         "check --out")
+    return ExperimentConfig.from_json(storage_io.read_text(f))
+
+
+def run_exists(storage: str, name: str) -> bool:
+    return storage_io.exists(storage_io.join(storage, name, storage_io.CONFIG))
 
 
 def user_error(e: BaseException) -> str | None:
@@ -273,9 +279,9 @@ def fit_interruptibly(trainer: TorchTrainer, poll=None):
     return box["result"]
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    """The newest ``step_*`` checkpoint directory of a local run, if any."""
-    found = sorted(p for p in run.glob("step_*") if (p / "config.json").is_file()) if run.is_dir() else []
+def latest_checkpoint(run: str | Path) -> str | None:
+    """The newest ``step_*`` checkpoint of a run (a local folder or a URI), if any."""
+    found = storage_io.checkpoints(str(run))
     return found[-1] if found else None
 
 
@@ -289,29 +295,30 @@ def run_training(job: TrainJob) -> dict:
     """
     meta = DatasetMeta.load(job.data_dir)
     cfg = validate_job(job, meta)
-    local = "://" not in job.storage
-    run = Path(run_paths(job)["run"])
-    resuming = local and run.exists()
+    run = run_paths(job)["run"]
+    resuming = storage_io.exists(run)
     if resuming and (latest := latest_checkpoint(run)) is not None:
-        load_checkpoint(latest).build_model()
-        load_training_state(latest)
+        with tempfile.TemporaryDirectory(prefix="cfgdiff-resume-") as d:  # a URI's checkpoint is fetched to check it
+            local = storage_io.fetch(latest, d)
+            load_checkpoint(local).build_model()
+            load_training_state(local)
     progress = TrainProgress(cfg.train.max_steps) if job.progress else None
     try:
         trainer = build_trainer(job, cfg, meta, board=progress.board if progress else None)
-        if local and not resuming:
-            (run / "config.json").write_text(cfg.to_json())
+        if not resuming:
+            storage_io.write_text(storage_io.join(run, storage_io.CONFIG), cfg.to_json())
         result = fit_interruptibly(trainer, poll=progress.poll if progress else None)
     except BaseException as e:
-        if local and not resuming and latest_checkpoint(run) is None:
-            shutil.rmtree(run, ignore_errors=True)  # nothing to resume: leave nothing behind
+        if not resuming and latest_checkpoint(run) is None:
+            storage_io.delete_dir(run)  # nothing to resume: leave nothing behind
         if isinstance(e, ray.train.TrainingFailedError) and (cause := user_error(e)) is not None:
             raise InputError(cause) from None
         raise
     finally:
         if progress is not None:
             progress.close()
-    if local and resuming:
-        (run / "config.json").write_text(cfg.to_json())
+    if resuming:
+        storage_io.write_text(storage_io.join(run, storage_io.CONFIG), cfg.to_json())
     summary = dict(result.return_value or {})
     summary["run_dir"] = run_paths(job)["run"]
     summary["tensorboard"] = run_paths(job)["tb"]

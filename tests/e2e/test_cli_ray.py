@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_cli_train_info_infer(ray_session, tiny_data, tmp_path, capsys):
 
     from cluster.train import latest_checkpoint
 
-    latest = latest_checkpoint(tmp_path / "cli")
+    latest = Path(latest_checkpoint(tmp_path / "cli"))
     (latest / "training_state.pt").write_bytes(pickle.dumps({"x": 1}, protocol=4) + b"junk")
     cfg_before = (tmp_path / "cli" / "config.json").read_bytes()
     code, _, err = run(["train", "--data", str(tiny_data), "--storage", str(tmp_path), "--resume", "cli",
