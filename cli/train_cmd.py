@@ -36,6 +36,8 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--out", "storage", default="runs", show_default=True,
               help="Where runs go: a local path, an NFS mount, or an s3:// / gs:// URI (shared storage for multi-node).")
 @renamed("--storage", "storage")
+@click.option("--storage-endpoint", metavar="URL", help="S3-compatible server for s3:// --out (MinIO, Ceph); "
+              "default: AWS_ENDPOINT_URL, else AWS.")
 @click.option("--name", default="cfgdiff-run", show_default=True, help="Run name (a directory under --out).")
 @click.option("--config", "config_file", type=click.Path(), help="Experiment config JSON (strict keys).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override, e.g. --set model.dim=64 (repeatable).")
@@ -55,8 +57,8 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Automatic restarts from the last checkpoint.")
 @click.option("--spread", is_flag=True, help="Place workers on different nodes where possible (default: pack).")
 @click.pass_context
-def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage, name, config_file, sets, preset, epochs, steps,
-              resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures, spread):
+def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage, storage_endpoint, name, config_file, sets,
+              preset, epochs, steps, resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures, spread):
     """Train the conditional diffusion model with Ray Train (TorchTrainer, DDP).
 
     Without --ray-address an embedded local Ray starts in-process. Checkpoints are reported every
@@ -64,10 +66,14 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
     OUT/NAME/export, the best-by-validation model to OUT/NAME/best; progress is drawn here, and the
     workers' own log lines go to OUT/NAME/train.log.
     """
+    from cluster import storage as storage_io
     from cluster.runtime import start_ray, stop_ray
     from cluster.train import TrainJob, config_for_data, latest_checkpoint, load_run_config, run_exists, run_paths, run_training
 
     meta = DatasetMeta.load(data)
+    if storage_endpoint:
+        storage_io.set_endpoint(storage_endpoint)
+    storage_io.check_storage(storage)
     if epochs is not None and steps is not None:
         raise InputError("pass --epochs or --steps, not both")
     extra = list(sets)

@@ -82,6 +82,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     if quiet:  # workers and actors log errors only; cfgdiff's own progress lines are prints
         kwargs["logging_config"] = ray.LoggingConfig(log_level="ERROR")
     embedded = address == "local"
+    if not embedded and (forward := storage_env()):  # an embedded cluster inherits this environment
+        kwargs["runtime_env"] = {"env_vars": forward}
     if embedded:
         kwargs.update(num_cpus=num_cpus or default_num_cpus(), include_dashboard=dashboard,
                       dashboard_host="127.0.0.1")
@@ -120,6 +122,16 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         _quiet_ray_processes()
     r = ray.cluster_resources()
     return RayInfo(ray.get_runtime_context().gcs_address, embedded, r.get("CPU", 0), r.get("GPU", 0))
+
+
+STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def storage_env() -> dict[str, str]:
+    """Where object storage is (an S3-compatible endpoint, its region): given to the job's workers on a
+    cluster, so that they reach the storage the driver names. Credentials are not forwarded: a cluster's
+    nodes hold their own (instance roles, environment, ~/.aws)."""
+    return {k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)}
 
 
 def _free_port() -> int:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+from cfgdiff.errors import InputError
 
 CONFIG = "config.json"
 
@@ -72,3 +75,30 @@ def fetch(where: str, local: str | os.PathLike) -> Path:
     Path(local).mkdir(parents=True, exist_ok=True)
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return Path(local)
+
+
+def set_endpoint(url: str) -> None:
+    """``--storage-endpoint``: an S3-compatible server (MinIO, Ceph, a local test server) for s3:// URIs,
+    through the standard ``AWS_ENDPOINT_URL`` that pyarrow and Ray read; given to the workers too
+    (``runtime.storage_env``)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise InputError(f"--storage-endpoint {url!r}: expected http(s)://HOST[:PORT]")
+    os.environ["AWS_ENDPOINT_URL"] = url
+
+
+def check_storage(where: str, option: str = "--out") -> None:
+    """Fail in one line when URI storage cannot be reached or read (a wrong endpoint, bucket or credentials),
+    before any worker starts."""
+    if not is_uri(where):
+        return
+    try:
+        fs, path = location(where)
+        bucket = path.split("/", 1)[0] if where.startswith(("s3://", "gs://")) else None
+        info = fs.get_file_info(bucket or path)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise InputError(f"{option} {where}: cannot reach the storage ({str(e).splitlines()[0][:200]})") from None
+    if bucket and info.type == pafs.FileType.NotFound:
+        raise InputError(f"{option} {where}: cannot reach the storage (bucket {bucket!r} not found; create it first)")

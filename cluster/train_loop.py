@@ -44,6 +44,7 @@ from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.unet import ConditionalUNet
 
+from . import storage as storage_io
 from .data import iter_block_batches
 from .progress import BoardClient
 from .runtime import quiet_ray_logs
@@ -218,8 +219,8 @@ def train_loop_per_worker(lc: dict) -> dict:
                                      "not change the weights. Check the data, or lower train.lr")
             img_seen += b["x0"].shape[0] * world
             board.step(step, b["x0"].shape[0] * world, out["loss"], last=step == max_steps)
-            if lc.get("fail_at_step") == step and rank == world - 1 and not os.path.exists(lc["fail_marker"]):
-                Path(lc["fail_marker"]).write_text(str(step))
+            if lc.get("fail_at_step") == step and rank == world - 1 and not storage_io.exists(lc["fail_marker"]):
+                storage_io.write_text(lc["fail_marker"], str(step))
                 os._exit(1)  # fault injection for tests: this worker dies once
             if step % tc.log_every == 0 or step == max_steps:
                 loss = float(_all_mean(out["loss"], world))

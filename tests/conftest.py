@@ -30,7 +30,29 @@ RAY_CPUS = 6  # a few more logical CPUs than workers + actors so Ray Data is nev
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3_server():
+    """A real S3 API (moto's server, over HTTP) on 127.0.0.1 for the session. It starts before Ray, so every Ray
+    process finds it through the standard AWS_ENDPOINT_URL, with throwaway credentials."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
     from cluster.runtime import start_ray, stop_ray
 
     # dashboard on: the tune tests need Train V2's placement-group cleaner (RAY_NOTES §0.2)
