@@ -126,16 +126,10 @@ def test_uri_storage_gets_checkpoints_and_export(ray_session, tiny_data, tmp_pat
     assert list(run.glob("step_*/model.safetensors")), "Ray Train persisted the checkpoint to the URI"
     assert cfgdiff.load(str(run / "export")).config.train.max_steps == 6
     assert cfgdiff.load(str(run / "export")).config.train.augment == "d4"
-    # #21: --resume on URI storage: the run's config.json is written through the same filesystem, and the run
-    # continues from its last checkpoint (read back through the URI)
+    # #21: the run's config.json goes through the same filesystem (resume on a URI: tests/e2e/test_s3.py)
     from cluster.train import latest_checkpoint, load_run_config
 
-    assert (run / "config.json").is_file() and latest_checkpoint(f"{uri}/u").startswith(f"{uri}/u/step_")
-    more = load_run_config(uri, "u")
-    more = more.__class__.from_dict({**more.to_dict(), "train": {**more.to_dict()["train"], "max_steps": 9}})
-    s2 = run_training(TrainJob(data_dir=str(tiny_data), config=more, run_name="u", storage=uri, workers=1))
-    assert s2["step"] == 9 and cfgdiff.load(str(run / "export")).config.train.max_steps == 9
-    assert load_run_config(uri, "u").train.max_steps == 9
+    assert load_run_config(uri, "u").train.max_steps == 6 and latest_checkpoint(f"{uri}/u").startswith(f"{uri}/u/step_")
 
 
 def test_rotations_need_square_fields(tmp_path):
