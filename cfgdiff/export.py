@@ -14,13 +14,17 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, share, write_atomically, write_checkpoint_files
+from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, write_atomically, write_checkpoint_files
 from .config import ExperimentConfig
 from .errors import CheckpointError
 from .normalize import Normalization
 
 CARD = "README.md"
-MODEL_FILES = (CONFIG, WEIGHTS, CARD)
+
+
+def validation_numbers(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The numbers of a validation report, for ``meta["validation"]`` and the card (not the step counters)."""
+    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
 
 
 def _fmt(v: Any) -> str:
@@ -56,18 +60,19 @@ def model_card(config: ExperimentConfig, normalization: Normalization, meta: dic
         lines.append(f"- made by: `{meta['command']}`")
     if metrics:
         lines += ["", "## Validation", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
     return "\n".join(lines) + "\n"
 
 
 def write_model(directory: str | os.PathLike, weights: dict[str, torch.Tensor], config: ExperimentConfig,
                 normalization: Normalization, meta: dict[str, Any] | None = None,
                 metrics: dict[str, Any] | None = None) -> Path:
-    """Write config, weights and the model card into an existing (empty) directory, with shareable permissions."""
+    """Write config, weights and the model card into an existing (empty) directory (``write_atomically`` puts it
+    in place with shareable permissions)."""
+    metrics = validation_numbers(metrics)
     meta = {**(meta or {}), **({"validation": metrics} if metrics else {})}
     d = write_checkpoint_files(directory, weights, config, normalization, meta, training_state=None)
     (d / CARD).write_text(model_card(config, normalization, meta, metrics))
-    share(d)
     return d
 
 

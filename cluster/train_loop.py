@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from cfgdiff.augment import augment_rows, crop_rows
-from cfgdiff.checkpoint import load_training_state, share, write_checkpoint_files
+from cfgdiff.checkpoint import load_training_state, share, write_atomically, write_checkpoint_files
 from cfgdiff.config import ExperimentConfig, SamplerConfig
 from cfgdiff.data import decode_batch
 from cfgdiff.degrade import degrade
@@ -39,7 +39,7 @@ from cfgdiff.engine import (
 )
 from cfgdiff.engine import train_step as core_train_step
 from cfgdiff.errors import NonFiniteError
-from cfgdiff.export import write_model
+from cfgdiff.export import validation_numbers, write_model
 from cfgdiff.normalize import Normalization
 from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.unet import ConditionalUNet
@@ -110,14 +110,13 @@ class _Saver:
         state = {"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
                  "ema": ema.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "step": step, "epoch": epoch, "epoch_step": epoch_step, "extra": extra}
-        numbers = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+        numbers = validation_numbers(metrics)
         meta = {**self.meta, "step": step, **({"validation": numbers} if numbers else {})}
         write_checkpoint_files(directory, ema.shadow, self.cfg, self.norm, meta, state)
 
     def write_model(self, directory: str, ema: EMA, step: int, metrics: dict) -> None:
         """An export: config, EMA weights and the model card; the training state stays in the checkpoints."""
-        write_model(directory, ema.shadow, self.cfg, self.norm, {**self.meta, "step": step},
-                    {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        write_model(directory, ema.shadow, self.cfg, self.norm, {**self.meta, "step": step}, metrics)
 
 
 def train_loop_per_worker(lc: dict) -> dict:
@@ -286,7 +285,7 @@ def _upload(staging: str, remote: str) -> None:
     """Copy the export, best model and TensorBoard logs to URI storage (pyarrow filesystems)."""
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(remote)
+    fs, root = storage_io.location(remote)
     for sub in ("export", "best", "tensorboard"):
         if os.path.isdir(os.path.join(staging, sub)):
             fs.create_dir(f"{root}/{sub}", recursive=True)
@@ -313,11 +312,7 @@ def _step_split(timer: StepTimer, model, world: int, device, steps: int) -> dict
 
 
 def _export(path: str, saver: _Saver, ema, step: int, metrics: dict) -> None:
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(path) or ".")
-    saver.write_model(tmp, ema, step, metrics)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: saver.write_model(tmp, ema, step, metrics), overwrite=True, hint="")
 
 
 @torch.no_grad()

@@ -72,6 +72,12 @@ class Points:
         return len(self.ab) - 1
 
 
+def renoise(ab_t: float, ab_s: float) -> tuple[float, float]:
+    """q(x_s | x_t) for a noisier level s: x_s = sqrt(ab_s / ab_t) x_t + sqrt(1 - ab_s / ab_t) z (RePaint's jump)."""
+    ratio = ab_s / ab_t
+    return math.sqrt(ratio), math.sqrt(max(1.0 - ratio, 0.0))
+
+
 def move_coefficients(ab: torch.Tensor, moves, method: str, eta: float) -> list[tuple[float, ...]]:
     """Per-move coefficients (a, b, c, sigma) with x_s = a x0_hat + b eps_hat + c x_t + sigma z.
 
@@ -82,8 +88,8 @@ def move_coefficients(ab: torch.Tensor, moves, method: str, eta: float) -> list[
     for k, k2 in moves:
         ab_t, ab_s = float(ab[k]), float(ab[k2])
         if k2 < k:  # re-noise: q(x_s | x_t) for s noisier than t
-            ratio = ab_s / ab_t
-            coefs.append((math.sqrt(ratio), 0.0, 0.0, math.sqrt(max(1.0 - ratio, 0.0))))
+            scale, sigma = renoise(ab_t, ab_s)
+            coefs.append((scale, 0.0, 0.0, sigma))
         elif method in ("dpm2m", "dpm2m-sde"):
             coefs.append((0.0, 0.0, 0.0, 0.0))  # unused: the update is dpm_solver_2m_step or its SDE form
         elif method == "ddim":
@@ -163,8 +169,8 @@ def _solve(update: Update, denoiser: Denoiser, x: torch.Tensor, points: Points, 
     state, B, ab = None, x.shape[0], points.ab
     for i, (k, k2) in enumerate(points.moves):
         if k2 < k:  # RePaint re-noising jump, forward process from level k to k2
-            ratio = float(ab[k2]) / float(ab[k])
-            x = math.sqrt(ratio) * x + math.sqrt(max(1.0 - ratio, 0.0)) * noise()
+            scale, sigma = renoise(float(ab[k]), float(ab[k2]))
+            x = scale * x + sigma * noise()
             state = None
         else:
             t = points.t[k].expand(B)
