@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import fsio
 from .config import FORMAT_VERSION, ExperimentConfig
 from .errors import CheckpointError
 from .normalize import Normalization
@@ -156,8 +157,32 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object], o
     return path
 
 
+def checkpoint_files(path: str | os.PathLike) -> dict[str, bytes]:
+    """The files a model needs (config and weights, not the training state), local or from a URI: what actors
+    and replicas receive through the object store."""
+    files = {}
+    for name in (CONFIG, WEIGHTS):
+        f = fsio.join(path, name)
+        if not fsio.is_file(f):
+            raise CheckpointError(f"{path}: not a cfgdiff checkpoint directory (expected {CONFIG} and {WEIGHTS})")
+        with fsio.location(f)[0].open_input_stream(fsio.location(f)[1]) as src:
+            files[name] = src.read()
+    return files
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Load config and EMA weights; refuses anything that is not plain JSON + safetensors."""
+    """Load config and EMA weights; refuses anything that is not plain JSON + safetensors. ``path`` may be a URI
+    (s3://, gs://): its config and weights are fetched to a temporary folder and checked the same way."""
+    if fsio.is_uri(path):
+        with tempfile.TemporaryDirectory(prefix=".cfgdiff-ckpt-") as tmp:
+            for name, data in checkpoint_files(path).items():
+                Path(tmp, name).write_bytes(data)
+            try:
+                ck = load_checkpoint(tmp)
+            except CheckpointError as e:
+                raise CheckpointError(str(e).replace(tmp, str(path).rstrip("/"))) from None
+            ck.path = path
+            return ck
     d = Path(path)
     if not (d / CONFIG).is_file():
         raise CheckpointError(f"{d}: not a cfgdiff checkpoint directory (expected {CONFIG} and {WEIGHTS})")

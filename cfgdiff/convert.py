@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from . import fsio
 from .config import FORMAT_VERSION
 from .data import META, cell_dtype, tensor_field
 from .degrade import degrade_raw, parse_spec
@@ -228,12 +229,36 @@ def _table(cols: dict) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def _convert_to_uri(target_spec: str | None, out: str, opts: ConvertOptions, progress: Progress | None) -> dict:
+    fsio.check_storage(out)
+    if fsio.occupied(out) and not opts.overwrite:
+        raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-convert-"))
+    try:
+        meta = convert(target_spec, tmp / "data", replace(opts, overwrite=False), progress)
+        fsio.delete(out)
+        try:
+            for split in ("train", "val"):
+                if (tmp / "data" / split).is_dir():
+                    fsio.upload(tmp / "data" / split, fsio.join(out, split))
+            fsio.upload(tmp / "data" / META, fsio.join(out, META))  # last: a dataset without it is not one
+        except BaseException:
+            fsio.delete(out)
+            raise
+        return meta
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOptions = ConvertOptions(),
             progress: Progress | None = None) -> dict:
     """Convert arrays to a cfgdiff Parquet dataset at ``out``; returns the metadata written.
 
-    ``target_spec`` may be None when only conditions (and masks) are given, for inference.
+    ``target_spec`` may be None when only conditions (and masks) are given, for inference. ``out`` may be a URI
+    (``s3://``, ``gs://``): the dataset is written to a local temporary folder and uploaded, its metadata last.
     """
+    if fsio.is_uri(out):
+        return _convert_to_uri(target_spec, str(out).rstrip("/"), opts, progress)
     out = Path(out)
     if target_spec is None and not opts.condition:
         raise InputError("need a target array, or --condition for condition-only (inference) data")

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from . import fsio
 from .errors import InputError
 from .normalize import Normalization
 from .validate import check_observations, check_targets
@@ -202,19 +203,19 @@ def detect_layout(shape: tuple[int, ...], layout: str | None, what: str, force: 
 # --- metadata ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DatasetMeta:
-    root: Path
+    root: str  # a local folder or a URI (s3://, gs://, file://)
     doc: dict[str, Any]
 
     @classmethod
     def load(cls, root: str | Path) -> DatasetMeta:
-        root = Path(root)
-        if not root.is_dir():
+        root = str(root).rstrip("/") if fsio.is_uri(root) else str(root)
+        if not fsio.is_dir(root):
             raise InputError(f"{root}: data directory does not exist")
-        f = root / META
-        if not f.is_file():
+        f = fsio.join(root, META)
+        if not fsio.is_file(f):
             raise InputError(f"{root}: not a cfgdiff dataset (no {META}); create one with `cfgdiff convert`")
         try:
-            return cls(root, json.loads(f.read_text()))
+            return cls(root, json.loads(fsio.read_text(f)))
         except json.JSONDecodeError as e:
             raise InputError(f"{f}: invalid JSON ({e})") from None
 
@@ -241,8 +242,8 @@ class DatasetMeta:
     def has_condition(self) -> bool:
         return self.doc["shapes"].get("condition") is not None
 
-    def split_dir(self, split: str) -> Path:
-        return self.root / split
+    def split_dir(self, split: str) -> str:
+        return fsio.join(self.root, split)
 
     def count(self, split: str) -> int:
         return int(self.doc["counts"][split])
@@ -330,10 +331,23 @@ def decode_batch(batch: pa.Table | dict[str, np.ndarray], norm: Normalization, d
     return out
 
 
-def _row_groups(files: list[Path], columns: list[str] | None) -> Iterator[dict[str, np.ndarray]]:
+def parquet_files(split_dir: str | Path) -> list[str]:
+    """A split's Parquet shards (local paths or URIs), in file order."""
+    return fsio.list_files(split_dir, ".parquet")
+
+
+def open_parquet(f: str | Path) -> pq.ParquetFile:
+    """One shard, local (memory-mapped) or on object storage; a broken one is named in one line."""
+    try:
+        return pq.ParquetFile(fsio.open_input(f))
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise InputError(f"{f}: unreadable Parquet shard ({fsio.first_line(e)})") from None
+
+
+def _row_groups(files: list[str], columns: list[str] | None) -> Iterator[dict[str, np.ndarray]]:
     for f in files:
+        pf = open_parquet(f)
         try:
-            pf = pq.ParquetFile(f, memory_map=True)
             for i in range(pf.num_row_groups):
                 yield table_to_numpy(pf.read_row_group(i, columns=columns))
         except (OSError, pa.ArrowException, ValueError) as e:
@@ -343,14 +357,14 @@ def _row_groups(files: list[Path], columns: list[str] | None) -> Iterator[dict[s
 
 
 def iter_parquet_batches(split_dir: str | Path, batch_size: int, columns: list[str] | None = None,
-                         files: list[Path] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Ray-free local reader: raw numpy batches of exactly ``batch_size`` rows (the last may be
+                         files: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Ray-free reader (local or object storage): raw numpy batches of exactly ``batch_size`` rows (the last may be
     shorter) from every shard of a split, in file order.
 
     Whole row groups are decoded one ahead on a background thread: pyarrow decompresses without the
     GIL, so reading the next group overlaps the consumer's work on this one.
     """
-    files = files if files is not None else sorted(Path(split_dir).glob("*.parquet"))
+    files = files if files is not None else parquet_files(split_dir)
     if not files:
         raise InputError(f"{split_dir}: no Parquet shards")
     groups = _row_groups(files, columns)

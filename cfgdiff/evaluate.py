@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import fsio
 from .config import METHODS
 from .degrade import degrade_raw, operator_for, parse_spec
 from .demo import grf_covariance, kriging
@@ -92,14 +95,13 @@ def fit_lmmse(data: str, scored_rows: int = 0, chunk: int = 1024) -> tuple[Linea
     or a .npy's rows after the first ``scored_rows`` (which evaluate scores and the fit must not see)."""
     from .data import DatasetMeta, iter_parquet_batches
 
-    p = Path(data)
-    if p.suffix == ".npy":
-        x = np.load(p, mmap_mode="r")
+    if str(data).endswith(".npy"):
+        x = np.load(data, mmap_mode="r")
         shape = (1, *x.shape[1:]) if x.ndim == 3 else tuple(x.shape[1:])
         batches = (np.asarray(x[i:i + chunk], np.float64).reshape(-1, *shape) for i in range(scored_rows, len(x), chunk))
-        source = f"rows {scored_rows}.. of {p.name}"
+        source = f"rows {scored_rows}.. of {Path(data).name}"
     else:
-        meta = DatasetMeta.load(p)
+        meta = DatasetMeta.load(data)
         shape = tuple(meta.doc["shapes"]["target"])
         if meta.count("train") == 0:
             return None, "no training rows to fit the covariance on"
@@ -163,13 +165,13 @@ class EvalOptions:
 def _targets(data: str, split: str, limit: int) -> tuple[np.ndarray, dict | None]:
     from .data import DatasetMeta, read_split
 
-    p = Path(data)
-    if p.suffix == ".npy":
+    p = data
+    if str(data).endswith(".npy"):
         x = np.load(p, mmap_mode="r")
         x = np.asarray(x[:limit], dtype=np.float32)
         x = x[:, None] if x.ndim == 3 else x
         check_targets(x, f"--data {p}")
-        demo = p.with_name("demo.json")
+        demo = Path(p).with_name("demo.json")
     else:
         meta = DatasetMeta.load(p)
         raw = read_split(meta.split_dir(split), limit=limit)
@@ -209,7 +211,28 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
     """Score the model and classical baselines per degradation; Bayes optimum for GRF demo data.
 
     ``draw_panels(path, rows, columns, row_labels, kinds)`` draws evaluate.png with labels (the CLI passes
-    ``cluster.plots.panel_grid``); without it, an unlabelled grid is written with the core's own PNG writer."""
+    ``cluster.plots.panel_grid``); without it, an unlabelled grid is written with the core's own PNG writer.
+
+    The checkpoint, ``data`` and ``out_dir`` may be URIs (s3://, gs://): a .npy is downloaded
+    first, a dataset directory is read in place, and the outputs are written locally and uploaded when done."""
+    for where, option in ((ckpt_path, "CHECKPOINT"), (data, "--data"), (out_dir, "--out")):
+        if where:
+            fsio.check_storage(where, option)
+    if out_dir and fsio.exists(fsio.join(out_dir, "evaluate.json")) and not overwrite:
+        raise InputError(f"--out {out_dir}: evaluate.json exists; pass --overwrite to replace it")
+    with ExitStack() as stack:
+        local_data = str(stack.enter_context(fsio.local_copy(data))) if str(data).endswith(".npy") else data
+        staged = out_dir if not (out_dir and fsio.is_uri(out_dir)) else \
+            str(stack.enter_context(tempfile.TemporaryDirectory(prefix=".cfgdiff-evaluate-")))
+        doc = _evaluate(ckpt_path, local_data, opts, staged, progress, draw_panels, names=(ckpt_path, data))
+        if staged != out_dir:
+            for name in ("evaluate.png", "evaluate.json"):  # the json last: its presence means a finished upload
+                fsio.upload(Path(staged, name), fsio.join(out_dir, name))
+        return doc
+
+
+def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None, progress, draw_panels,
+              names: tuple[str, str]) -> dict:
     from .api import load
     from .baselines import BASELINES, available
     from .viz import image_grid, write_png
@@ -218,8 +241,6 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         parse_spec(s)
     for item in opts.sweep:
         parse_sweep(item)
-    if out_dir and (Path(out_dir) / "evaluate.json").exists() and not overwrite:
-        raise InputError(f"--out {out_dir}: evaluate.json exists; pass --overwrite to replace it")
     rec = load(ckpt_path, opts.device)
     norm, mc = rec.ckpt.normalization, rec.config.model
     target, demo = _targets(data, opts.split, opts.limit)
@@ -276,7 +297,7 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         if progress:
             progress(spec)
     sweep = _sweep(rec, target, opts, w, norm) if opts.sweep else []
-    doc = {"checkpoint": ckpt_path, "data": data, "rows": int(len(target)), "w": w, "method": opts.method,
+    doc = {"checkpoint": names[0], "data": names[1], "rows": int(len(target)), "w": w, "method": opts.method,
            "eta": opts.eta, "steps": opts.steps, "num_samples": opts.num_samples,
            "units": "PSNR/SSIM in data units with peak " + ", ".join(f"{r:.4g}" for r in norm.target.data_range())
                     + " (hi - lo per channel); MAE/MSE in normalised units",

@@ -107,6 +107,19 @@ def ray_options(f):
     return f
 
 
+def storage_endpoint_option(f):
+    """``--storage-endpoint URL``, applied before any other option is read (so that an s3:// --data or --out
+    given with it resolves against that server)."""
+    def apply(ctx, param, value):
+        if value:
+            from cfgdiff.fsio import set_endpoint
+            set_endpoint(value)
+        return value
+
+    return click.option("--storage-endpoint", metavar="URL", callback=apply, expose_value=False, is_eager=True,
+                        help="S3-compatible server for s3:// paths (MinIO, Ceph); default: AWS_ENDPOINT_URL, else AWS.")(f)
+
+
 def int_pair(value: str | None, option: str, example: str) -> tuple[int, int] | None:
     """``"A,B"`` -> (A, B) for flags such as ``--resample J,R``; None when not given."""
     if not value:

@@ -8,7 +8,7 @@ from cfgdiff.convert import ConvertOptions, convert
 from cfgdiff.demo import KINDS, write_demo
 from cfgdiff.formats.demo_files import FORMATS
 
-from .common import Progress
+from .common import Progress, storage_endpoint_option
 
 
 @click.command("convert")
@@ -20,7 +20,9 @@ from .common import Progress
 @click.option("--sample-dim", metavar="DIM", help="NetCDF/Zarr: the dimension that becomes rows [default: the first].")
 @click.option("--degrade", metavar="SPEC", help="Make the condition from the target: drop:0.8, sensors:64, box:0.25, "
               "strokes:4, half, lines:2, sr:2, noise:0.1, mix:drop:0.4,box:0.25,sr:2.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output dataset directory (a path or an s3:// / gs:// URI).")
+@storage_endpoint_option
 @click.option("--layout", type=click.Choice(["NHW", "NCHW", "NHWC"]), help="Array layout (detected when unambiguous).")
 @click.option("--force-layout", is_flag=True, help="Accept a --layout whose channel axis is larger than a spatial one.")
 @click.option("--mask-from-zeros", is_flag=True, help="Condition == 0 means missing (real zeros then count as missing).")

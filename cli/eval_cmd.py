@@ -9,6 +9,8 @@ from cfgdiff.errors import InputError
 from cfgdiff.evaluate import EvalOptions, run_evaluation
 from cfgdiff.metrics import samples_for_psnr_loss
 
+from .common import storage_endpoint_option
+
 
 @click.command("evaluate")
 @click.argument("checkpoint", type=click.Path())
@@ -29,6 +31,7 @@ from cfgdiff.metrics import samples_for_psnr_loss
 @click.option("--no-baselines", is_flag=True, help="Skip the classical baselines and LMMSE.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Write evaluate.json and evaluate.png here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT/evaluate.json.")
+@storage_endpoint_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--gpu", is_flag=True, help="Run the model on the first CUDA GPU.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,

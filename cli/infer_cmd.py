@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
+from cfgdiff import fsio
 from cfgdiff.checkpoint import load_checkpoint
 from cfgdiff.config import METHODS, PRECISIONS, SamplerConfig
 from cfgdiff.errors import InputError
 
-from .common import Progress, fmt_metrics, int_pair, ray_options, renamed
+from .common import Progress, fmt_metrics, int_pair, ray_options, renamed, storage_endpoint_option
 
 
 @click.command("infer")
@@ -23,6 +23,7 @@ from .common import Progress, fmt_metrics, int_pair, ray_options, renamed
 @click.option("--out", required=True, help="OUT.npy, OUT.parquet, OUT.nc or OUT.zarr (the input's dimensions, coordinates "
               "and attributes, with NAME_std and mask), or DIR/ (one image per input image); OUT.metrics.json, "
               "OUT.grid.png (and for .npy with --num-samples > 1 OUT.std.npy, OUT.samples.npy) beside it.")
+@storage_endpoint_option
 @click.option("--mask", help="Mask (1 = known) for array or file conditions: as convert's --mask (incl. 'alpha').")
 @click.option("--sample-dim", metavar="DIM", help="NetCDF/Zarr input: the dimension that becomes rows [default: first].")
 @click.option("--degrade", metavar="SPEC", help="Degrade clean targets (benchmarking), e.g. drop:0.8 or sr:2.")
@@ -68,10 +69,10 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, sample_dim, degrade, split, ra
     from cluster.runtime import start_ray, stop_ray
 
     if from_tune:
-        best_file = Path(from_tune) / "best.json"
-        if not best_file.is_file():
+        best_file = fsio.join(from_tune, "best.json")
+        if not fsio.is_file(best_file):
             raise InputError(f"--from-tune {from_tune}: no best.json (run `cfgdiff tune` first)")
-        best = json.loads(best_file.read_text())
+        best = json.loads(fsio.read_text(best_file))
         checkpoint = checkpoint or best["checkpoint"]
         w = best["w"] if w is None else w
     if not checkpoint:

@@ -12,7 +12,7 @@ from cfgdiff.config import PRECISIONS, ExperimentConfig, resume_conflicts
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import command_line, fmt_metrics, preset_option, ray_options, renamed, resume_option
+from .common import command_line, fmt_metrics, preset_option, ray_options, renamed, resume_option, storage_endpoint_option
 
 
 def load_base_config(config_file: str | None) -> ExperimentConfig:
@@ -29,15 +29,15 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 
 
 @click.command("train")
-@click.option("--data", required=True, type=click.Path(), help="Dataset directory from `cfgdiff convert`.")
+@click.option("--data", required=True, type=click.Path(),
+              help="Dataset directory from `cfgdiff convert` (a path or an s3:// / gs:// URI).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers (DDP).")
 @click.option("--gpu", is_flag=True, help="One GPU per worker (NCCL); CPU workers use gloo.")
 @ray_options
 @click.option("--out", "storage", default="runs", show_default=True,
               help="Where runs go: a local path, an NFS mount, or an s3:// / gs:// URI (shared storage for multi-node).")
 @renamed("--storage", "storage")
-@click.option("--storage-endpoint", metavar="URL", help="S3-compatible server for s3:// --out (MinIO, Ceph); "
-              "default: AWS_ENDPOINT_URL, else AWS.")
+@storage_endpoint_option
 @click.option("--name", default="cfgdiff-run", show_default=True, help="Run name (a directory under --out).")
 @click.option("--config", "config_file", type=click.Path(), help="Experiment config JSON (strict keys).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override, e.g. --set model.dim=64 (repeatable).")
@@ -57,7 +57,7 @@ def load_base_config(config_file: str | None) -> ExperimentConfig:
 @click.option("--max-failures", type=int, default=2, show_default=True, help="Automatic restarts from the last checkpoint.")
 @click.option("--spread", is_flag=True, help="Place workers on different nodes where possible (default: pack).")
 @click.pass_context
-def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage, storage_endpoint, name, config_file, sets,
+def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage, name, config_file, sets,
               preset, epochs, steps, resume, precision, compile_, cpus_per_worker, threads_per_worker, max_failures, spread):
     """Train the conditional diffusion model with Ray Train (TorchTrainer, DDP).
 
@@ -70,9 +70,8 @@ def train_cmd(ctx, data, workers, gpu, ray_address, num_cpus, dashboard, storage
     from cluster.runtime import start_ray, stop_ray
     from cluster.train import TrainJob, config_for_data, latest_checkpoint, load_run_config, run_exists, run_paths, run_training
 
+    storage_io.check_storage(data, "--data")
     meta = DatasetMeta.load(data)
-    if storage_endpoint:
-        storage_io.set_endpoint(storage_endpoint)
     storage_io.check_storage(storage)
     if epochs is not None and steps is not None:
         raise InputError("pass --epochs or --steps, not both")

@@ -10,7 +10,7 @@ from cfgdiff.config import PRECISIONS
 from cfgdiff.data import DatasetMeta
 from cfgdiff.errors import InputError
 
-from .common import preset_option, ray_options, renamed, resume_option
+from .common import preset_option, ray_options, renamed, resume_option, storage_endpoint_option
 from .train_cmd import load_base_config
 
 
@@ -26,6 +26,7 @@ def _floats(value: str | None, name: str) -> tuple[float, ...] | None:
 @click.command("tune")
 @click.option("--data", required=True, type=click.Path(), help="Dataset directory from `cfgdiff convert`.")
 @click.option("--out", default="runs/tune", show_default=True, help="Tune directory (table, best.json, plot, trials).")
+@storage_endpoint_option
 @click.option("--name", default="cfgdiff-tune", show_default=True, help="Search name (resume uses it).")
 @click.option("--trials", type=int, default=3, show_default=True, help="Trials drawn from --p-range.")
 @renamed("--num-samples", "trials", type=int)

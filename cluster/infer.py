@@ -24,20 +24,20 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 
+from cfgdiff import fsio
 from cfgdiff.api import check_mask_channels, finalize, prepare_inputs, reconstruct_normalized
-from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
+from cfgdiff.checkpoint import checkpoint_files, load_checkpoint
 from cfgdiff.config import SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
-from cfgdiff.data import META, DatasetMeta, as_numpy_batch, iter_parquet_batches
+from cfgdiff.data import META, DatasetMeta, as_numpy_batch, iter_parquet_batches, open_parquet, parquet_files
 from cfgdiff.errors import InputError
 from cfgdiff.formats import kind_of
 from cfgdiff.metrics import coverage, known_error, mae_missing, psnr, ssim, std_error_correlation
@@ -45,7 +45,7 @@ from cfgdiff.schedule import NoiseSchedule
 from cfgdiff.tiling import plan_tiling
 from cfgdiff.validate import check_observations
 
-from .outputs import check_output, outputs, rows_in, write_outputs
+from .outputs import check_existing, check_output, outputs, rows_in, write_outputs
 
 logger = logging.getLogger("cfgdiff.infer")
 
@@ -77,37 +77,57 @@ class InferJob:
 
 
 def _prepare_input(job: InferJob, tmp: Path) -> tuple[DatasetMeta, str]:
-    """A cfgdiff dataset for any input, and the split to reconstruct: a dataset directory is used as
-    is (``job.split``, default val); arrays are converted (validated) into ``tmp`` and reconstructed whole."""
-    src = Path(job.input)
-    if src.is_dir() and (src / META).is_file():
+    """A cfgdiff dataset for any input, and the split to reconstruct: a dataset directory (local or on object
+    storage, read in place) is used as is (``job.split``, default val); arrays are converted (validated) into
+    ``tmp`` and reconstructed whole (files on object storage are downloaded into ``tmp`` first)."""
+    if fsio.is_file(fsio.join(job.input, META)):
         if job.degrade or job.mask or job.condition:
             raise InputError("--degrade/--mask/--condition apply to array inputs, not to a converted dataset")
-        return DatasetMeta.load(src), job.split or "val"
+        return DatasetMeta.load(job.input), job.split or "val"
     if job.split is not None:
-        raise InputError(f"--split {job.split}: applies to cfgdiff dataset directories; array input {src} is "
+        raise InputError(f"--split {job.split}: applies to cfgdiff dataset directories; array input {job.input} is "
                          "reconstructed whole")
-    if src.suffix in (".npy", ".npz") or src.is_dir() or kind_of(job.input) != "npy":
-        opts = ConvertOptions(condition=job.condition, mask=job.mask, degrade=job.degrade, val_fraction=0.0,
+    fetched = {spec: _fetch(spec, tmp / "src", role) for spec, role in
+               ((job.input, "--input"), (job.condition, "--condition"), (job.mask, "--mask")) if spec}
+    src = Path(fetched[job.input])
+    if src.suffix in (".npy", ".npz") or src.is_dir() or kind_of(str(src)) != "npy":
+        cond, mask = fetched.get(job.condition), fetched.get(job.mask, job.mask)
+        opts = ConvertOptions(condition=cond, mask=mask, degrade=job.degrade, val_fraction=0.0,
                               seed=job.seed, sample_dim=job.sample_dim)
         if job.condition is None and job.degrade is None:  # the input holds conditions
-            opts = ConvertOptions(condition=job.input, mask=job.mask, val_fraction=0.0, sample_dim=job.sample_dim)
+            opts = ConvertOptions(condition=str(src), mask=mask, val_fraction=0.0, sample_dim=job.sample_dim)
             convert(None, tmp / "in", opts)
         else:
-            convert(job.input, tmp / "in", opts)
+            convert(str(src), tmp / "in", opts)
         meta = DatasetMeta.load(tmp / "in")
         if meta.doc["mask_source"] == "none":
-            raise InputError(f"--input {src}: no mask; pass --mask M (1 = known) or mark missing pixels as NaN")
+            raise InputError(f"--input {job.input}: no mask; pass --mask M (1 = known) or mark missing pixels as NaN")
         return meta, "all"
-    raise InputError(f"--input {src}: expected a cfgdiff dataset directory, a .npy/.npz file, a .npy or image folder, "
-                     "FILE.nc:VAR, STORE.zarr:VAR or FILE.h5:/DATASET")
+    raise InputError(f"--input {job.input}: expected a cfgdiff dataset directory, a .npy/.npz file, a .npy or image "
+                     "folder, FILE.nc:VAR, STORE.zarr:VAR or FILE.h5:/DATASET")
 
 
-def _split_dirs(meta: DatasetMeta, split: str) -> list[Path]:
+def _fetch(spec: str, into: Path, option: str) -> str:
+    """An input on object storage, downloaded into ``into`` (a ``FILE:VAR`` spec keeps its variable); a local
+    input as it is."""
+    if not fsio.is_uri(spec) or spec == "alpha":
+        return spec
+    uri, var = spec, ""
+    if not fsio.exists(uri) and ":" in spec.rsplit("/", 1)[-1]:
+        uri, var = spec.rsplit(":", 1)
+        var = ":" + var
+    if not fsio.exists(uri):
+        raise InputError(f"{option} {spec}: not found")
+    into.mkdir(parents=True, exist_ok=True)
+    local = into / f"{len(list(into.iterdir()))}-{fsio.name(uri)}"
+    return str(fsio.download(uri, local)) + var
+
+
+def _split_dirs(meta: DatasetMeta, split: str) -> list[str]:
     if split not in ("train", "val", "all"):
         raise InputError(f"--split must be train, val or all, got {split!r}")
     names = ["train", "val"] if split == "all" else [split]
-    dirs = [meta.split_dir(s) for s in names if list(meta.split_dir(s).glob("*.parquet"))]
+    dirs = [meta.split_dir(s) for s in names if parquet_files(meta.split_dir(s))]
     if not dirs:
         raise InputError(f"--input {meta.root}: split {split!r} holds no rows (choose --split train, val or all)")
     return dirs
@@ -141,12 +161,12 @@ def validate(job: InferJob, meta: DatasetMeta, ckpt) -> None:
         raise InputError(f"--model-batch must be >= 0 (0 = whole batch), got {job.model_batch}")
 
 
-def check_rows(job: InferJob, dirs: list[Path], ckpt) -> None:
+def check_rows(job: InferJob, dirs: list[str], ckpt) -> None:
     """One streaming pass over the observations before any actor starts: no inf, no NaN where known,
     no known value absurdly outside the checkpoint's data range; errors name the user's row and input."""
     nc = ckpt.normalization.condition
     for d in dirs:
-        names = pq.read_schema(sorted(d.glob("*.parquet"))[0]).names
+        names = open_parquet(parquet_files(d)[0]).schema_arrow.names
         for b in iter_parquet_batches(d, 4096, columns=[c for c in ("index", "condition", "mask") if c in names]):
             check_observations(np.asarray(b["condition"]), b.get("mask"), f"--input {job.input}",
                                rows=b["index"], offset=nc.offset, scale=nc.scale)
@@ -221,11 +241,6 @@ def _row_metrics(rec, std, batch, norm, mask, K) -> dict[str, np.ndarray]:
     return {f"metric_{k}": v.numpy() for k, v in m.items()}
 
 
-def _ckpt_files(path: str) -> dict[str, bytes]:
-    """The files an actor needs (not the training state), to ship through the object store."""
-    return {n: (Path(path) / n).read_bytes() for n in (CONFIG, WEIGHTS)}
-
-
 def _check_resources(job: InferJob) -> None:
     """Refuse a pool the cluster cannot hold: actors beyond it would wait forever for CPUs or GPUs."""
     have = ray.cluster_resources()
@@ -253,15 +268,33 @@ def _deal(actors: list, batches, *extra) -> Iterator[dict[str, np.ndarray]]:
 
 
 def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Reconstruct every row of the input; returns a summary with metrics when targets are known."""
-    ckpt = load_checkpoint(job.checkpoint)
-    ckpt.build_model("cpu")  # weights vs config checked here, not inside an actor
+    """Reconstruct every row of the input; returns a summary with metrics when targets are known.
+
+    The checkpoint, the input and ``--out`` may be on object storage: remote array files are downloaded to a
+    temporary folder first, a remote dataset and checkpoint are read in place, and the outputs are written
+    locally and uploaded at the end (nothing is uploaded when the run fails)."""
+    for where, option in ((job.checkpoint, "CHECKPOINT"), (job.input, "--input"), (job.out, "--out")):
+        fsio.check_storage(where, option)
+    remote_out = fsio.is_uri(job.out)
     out = Path(job.out)
-    tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-infer-", dir=out.parent if out.parent.exists() else None))
+    tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-infer-", dir=None if remote_out or not out.parent.exists() else out.parent))
     try:
-        meta, split = _prepare_input(job, tmp)
-        validate(job, meta, ckpt)
-        return _run(job, ckpt, meta, split, tmp, progress)
+        local = job
+        if remote_out:
+            check_existing(job)  # nothing there yet, or --overwrite
+            (tmp / "out").mkdir()
+            local = replace(local, out=str(tmp / "out" / fsio.name(job.out)))
+        ckpt = load_checkpoint(local.checkpoint)
+        ckpt.build_model("cpu")  # weights vs config checked here, not inside an actor
+        meta, split = _prepare_input(local, tmp)
+        validate(local, meta, ckpt)
+        summary = _run(local, ckpt, meta, split, tmp, progress)
+        if remote_out:
+            pairs = [(s, d) for s, d in zip(outputs(local), outputs(job), strict=True) if os.path.exists(s)]
+            for src, dst in pairs:
+                fsio.upload(src, dst)
+            summary["outputs"] = [d for _, d in pairs]
+        return summary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -269,14 +302,14 @@ def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = N
 def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress) -> dict:
     dirs = _split_dirs(meta, split)
     check_rows(job, dirs, ckpt)
-    index = np.sort(np.concatenate([pq.read_table(f, columns=["index"]).column("index").to_numpy()
-                                    for d in dirs for f in sorted(d.glob("*.parquet"))]))
+    index = np.sort(np.concatenate([open_parquet(f).read(columns=["index"]).column("index").to_numpy()
+                                    for d in dirs for f in parquet_files(d)]))
     if job.limit is not None:
         index = index[:job.limit]
     N = len(index)
     C, (H, W), K = ckpt.config.model.in_channels, meta.doc["shapes"]["condition"][1:], job.num_samples
     _check_resources(job)
-    ref = ray.put(_ckpt_files(job.checkpoint))  # sent with every call: a restarted actor reloads from it
+    ref = ray.put(checkpoint_files(job.checkpoint))  # sent with every call: a restarted actor reloads from it
     actor_cls = ray.remote(num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None, max_restarts=3,
                            max_task_retries=3)(Inpainter)
     args = dict(sampler=dict(job.sampler.__dict__), num_samples=K, seed=job.seed,
@@ -324,4 +357,4 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
     steady = N / max(float(work_end - work_start), 1e-9) if N else None
     return {"rows": N, "seconds": seconds, "images_per_s": N / max(seconds, 1e-9), "steady_images_per_s": steady,
             "startup_s": float(work_start - t0) if N else None, "model_calls_per_image": calls,
-            "metrics": metrics, "outputs": [str(p) for p in outputs(job) if p.exists()]}
+            "metrics": metrics, "outputs": [p for p in outputs(job) if os.path.exists(p)]}

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cfgdiff import fsio
 from cfgdiff.data import DatasetMeta, read_split
 from cfgdiff.degrade import row_kinds
+from cfgdiff.errors import InputError
 from cfgdiff.formats.images import check_image_output, write_images
 from cfgdiff.formats.writeback import check_dataset_output, generic_source, output_kind, with_known_values, write_dataset
 
@@ -25,13 +27,26 @@ def side_file(out: Path, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
 
-def outputs(job) -> list[Path]:
-    """Every path ``write_outputs`` may create (checked for --overwrite before any work)."""
-    out = Path(job.out)
-    files = [out, side_file(out, ".metrics.json"), side_file(out, ".grid.png")]
-    if job.num_samples > 1 and out.suffix == ".npy":
-        files += [side_file(out, ".std.npy"), side_file(out, ".samples.npy")]
-    return files
+def outputs(job) -> list[str]:
+    """Every path ``write_outputs`` may create (checked for --overwrite before any work); URIs for remote --out."""
+    out = job.out.rstrip("/\\")
+    parent, name = (out.rsplit("/", 1) if fsio.is_uri(out) else (str(Path(out).parent), Path(out).name))
+    stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
+    sides = [".metrics.json", ".grid.png"] + ([".std.npy", ".samples.npy"] if job.num_samples > 1 and suffix == ".npy"
+                                              else [])
+    return [out] + [fsio.join(parent, stem + s) for s in sides]
+
+
+def check_existing(job) -> None:
+    """No output is there already (an empty folder does not count), unless --overwrite."""
+    def taken(p: str) -> bool:
+        if fsio.is_uri(p):
+            return fsio.exists(p)
+        return Path(p).exists() and not (Path(p).is_dir() and not any(Path(p).iterdir()))
+
+    existing = [p for p in outputs(job) if taken(p)]
+    if existing and not job.overwrite:
+        raise InputError(f"--out {job.out}: {existing[0]} exists; pass --overwrite to replace it")
 
 
 def check_output(job, meta: DatasetMeta, channels: int) -> None:
@@ -41,10 +56,7 @@ def check_output(job, meta: DatasetMeta, channels: int) -> None:
         check_dataset_output(job.out)
     elif kind == "images":
         check_image_output(job.out, meta.doc.get("source"), channels)
-    existing = [str(p) for p in outputs(job) if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
-    if existing and not job.overwrite:
-        from cfgdiff.errors import InputError
-        raise InputError(f"--out {job.out}: {existing[0]} exists; pass --overwrite to replace it")
+    check_existing(job)
 
 
 def rows_in(batch: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:

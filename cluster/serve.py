@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from cfgdiff.api import Reconstructor
 from cfgdiff.batcher import Batcher
-from cfgdiff.checkpoint import CONFIG, WEIGHTS, load_checkpoint
+from cfgdiff.checkpoint import checkpoint_files, load_checkpoint
 from cfgdiff.errors import InputError
 from cfgdiff.serving import MAX_TIMEOUT_S, RequestError, decode_request, encode_answer, model_info, run_batch
 
@@ -101,11 +101,10 @@ class CfgdiffService:
         return answers
 
 
-def checkpoint_files(path: str) -> dict[str, bytes]:
-    """The files a replica needs (config and weights, not the training state)."""
-    ck = load_checkpoint(path)
-    ck.build_model("cpu")  # weights vs config checked here, not inside a replica
-    return {n: (Path(path) / n).read_bytes() for n in (CONFIG, WEIGHTS)}
+def replica_files(path: str) -> dict[str, bytes]:
+    """The files a replica needs (config and weights, not the training state), checked here first."""
+    load_checkpoint(path).build_model("cpu")  # weights vs config checked here, not inside a replica
+    return checkpoint_files(path)
 
 
 def _scaling(replicas: int, autoscale: tuple[int, int] | None, max_batch_size: int) -> dict[str, Any]:
@@ -132,7 +131,7 @@ def build(checkpoint: str, *, replicas: int = 1, autoscale: tuple[int, int] | No
         raise InputError(f"--route {route!r}: expected a path such as /reconstruct (not /, /healthz or /info)")
     dep = CfgdiffService.options(**_scaling(replicas, autoscale, max_batch_size),
                                  ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
-    return dep.bind(checkpoint_files(checkpoint), route=route, max_batch_size=max_batch_size,
+    return dep.bind(replica_files(checkpoint), route=route, max_batch_size=max_batch_size,
                     batch_wait_timeout_s=batch_wait_timeout_s, max_request_mb=max_request_mb, threads=threads,
                     request_timeout_s=request_timeout_s)
 

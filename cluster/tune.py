@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from cfgdiff import fsio
 from cfgdiff.config import ExperimentConfig
 from cfgdiff.errors import InputError
 from cfgdiff.progress import Progress
@@ -86,38 +88,48 @@ def _trainable(config: dict) -> None:
     cfg = replace(base, train=replace(base.train, p_uncond=float(config["p"])))
     trial = tune.get_context().get_trial_name()
     storage = config["train_storage"]
-    Path(storage, trial).mkdir(parents=True, exist_ok=True)
+    local = not fsio.is_uri(storage)
+    if local:
+        Path(storage, trial).mkdir(parents=True, exist_ok=True)
     job = TrainJob(data_dir=config["data_dir"], config=cfg, run_name=trial, storage=storage,
                    workers=config["workers"], use_gpu=config["use_gpu"], epochs=config["epochs"],
                    threads_per_worker=config.get("threads", 1),
                    eval_ws=tuple(config["w_grid"]), callbacks=[TuneReportCallback()], report_epochs_only=True,
-                   fit_log=os.path.join(storage, trial, "fits.log"), progress=False)
+                   fit_log=os.path.join(storage, trial, "fits.log") if local else None, progress=False)
     run_training(job)
 
 
 def run_tune(job: TuneJob) -> dict:
+    """Run (or resume) the search. ``out_dir`` may be a URI (s3://, gs://): Tune keeps the search there
+    (``RunConfig(storage_path=URI)``, shared by trials on every node), the trials' Train runs go under it, and the
+    table, best.json and plot are uploaded at the end."""
     validate_tune(job)
-    out = Path(job.out_dir).absolute()
-    exp_path = out / job.name
-    if job.resume and not tune.Tuner.can_restore(str(exp_path)):  # checked before --out is created (#16.19)
+    fsio.check_storage(job.data_dir, "--data")
+    fsio.check_storage(job.out_dir, "--out")
+    remote = fsio.is_uri(job.out_dir)
+    out = job.out_dir.rstrip("/") if remote else str(Path(job.out_dir).absolute())
+    exp_path = fsio.join(out, job.name)
+    if job.resume and not tune.Tuner.can_restore(exp_path):  # checked before --out is created (#16.19)
         raise InputError(f"--resume: no interrupted search at {exp_path}")
-    made_out = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    made_out = not remote and not os.path.exists(out)
+    if not remote:
+        os.makedirs(out, exist_ok=True)
     mode = METRICS[job.metric]
     target = f"best_{job.metric}"
     p_space = tune.grid_search(list(job.p_grid)) if job.p_grid is not None else tune.uniform(*job.p_range)
-    param_space = {"p": p_space, "base": job.config.to_dict(), "data_dir": str(Path(job.data_dir).absolute()),
-                   "train_storage": str(out / "trials"), "workers": job.workers_per_trial, "use_gpu": job.use_gpu,
+    data_dir = job.data_dir if fsio.is_uri(job.data_dir) else str(Path(job.data_dir).absolute())
+    param_space = {"p": p_space, "base": job.config.to_dict(), "data_dir": data_dir,
+                   "train_storage": fsio.join(out, "trials"), "workers": job.workers_per_trial, "use_gpu": job.use_gpu,
                    "threads": job.threads_per_worker,
                    "epochs": job.epochs, "w_grid": list(job.w_grid), "fail_p": job.fail_p}
     resources = tune.with_resources(_trainable, {"CPU": 0.01})  # the trial only drives its TorchTrainer
     total = len(job.p_grid) if job.p_grid is not None else job.num_samples
     progress = TuneProgress(total, job.metric, job.epochs)
     if job.resume:
-        tuner = tune.Tuner.restore(str(exp_path), trainable=resources, resume_unfinished=True, resume_errored=True,
+        tuner = tune.Tuner.restore(exp_path, trainable=resources, resume_unfinished=True, resume_errored=True,
                                    param_space=param_space)
     else:
-        if exp_path.exists():
+        if fsio.exists(exp_path):
             raise InputError(f"{exp_path} exists; pass --resume to continue it or choose another --out/--name")
         tuner = tune.Tuner(
             resources, param_space=param_space,
@@ -132,7 +144,7 @@ def run_tune(job: TuneJob) -> dict:
     try:
         results = tuner.fit()
     except BaseException:
-        if made_out and not any(out.rglob("*.json")):
+        if made_out and not any(Path(out).rglob("*.json")):
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave nothing behind
         raise
     finally:
@@ -206,9 +218,19 @@ def trial_status(result, epochs: int) -> str:
     return _status(result.error is not None, (result.metrics or {}).get("training_iteration"), epochs)
 
 
-def summarize(results, job: TuneJob, out: Path, target: str, mode: str) -> dict:
+def summarize(results, job: TuneJob, out: str, target: str, mode: str) -> dict:
     """The trial table (``ResultGrid.get_dataframe()``: every trial's last report, plus its status), best.json
     and the metric(w) plot. Every trial appears; one without results is listed, and warned about."""
+    if fsio.is_uri(out):  # written here, then uploaded (best.json last)
+        with tempfile.TemporaryDirectory(prefix=".cfgdiff-tune-") as staged:
+            summary = summarize_local(results, job, staged, target, mode, out)
+            for name in ("trials.csv", "metric_vs_w.png", "best.json"):
+                fsio.upload(Path(staged, name), fsio.join(out, name))
+        return {**summary, "dir": out}
+    return summarize_local(results, job, out, target, mode, out)
+
+
+def summarize_local(results, job: TuneJob, out: str, target: str, mode: str, export_root: str) -> dict:
     df = results.get_dataframe()
     last = {row["logdir"]: row for row in df.to_dict("records")} if "logdir" in df else {}
     rows, curves = [], {}
@@ -222,16 +244,17 @@ def summarize(results, job: TuneJob, out: Path, target: str, mode: str) -> dict:
         curve = [(w, m.get(f"{job.metric}_w{w:g}")) for w in job.w_grid]
         if target in m:
             curves[f"p={r.config['p']:.3f} ({status.split(' after')[0]})"] = [(w, v) for w, v in curve if v is not None]
-        export = out / "trials" / _train_run(r) / "export"
+        export = fsio.join(export_root, "trials", _train_run(r), "export")
         rows.append({"trial": trial, "status": status, "p": r.config["p"], "best_w": m.get("best_w"),
                      "psnr": m.get("best_psnr"), "ssim": m.get("best_ssim"), "mae_missing": m.get("best_mae_missing"),
                      "val_loss": m.get("val_loss"), "steps": m.get("step"), "epochs": m.get("training_iteration"),
-                     "checkpoint": str(export) if export.is_dir() else m.get("checkpoint_path"),
+                     "checkpoint": export if fsio.is_dir(export) else m.get("checkpoint_path"),
                      **{f"{job.metric}_w{w:g}": v for w, v in curve}})
     scored = [row for row in rows if row[job.metric] is not None]
     if not scored:
         raise RuntimeError("no trial reported a validation metric; see the trial logs under " + str(out))
     best = (max if mode == "max" else min)(scored, key=lambda row: row[job.metric])
+    out = Path(out)
     pd.DataFrame(rows).to_csv(out / "trials.csv", index=False)
     best_doc = {"p": best["p"], "w": best["best_w"], "metric": job.metric, "value": best[job.metric],
                 "checkpoint": best["checkpoint"], "trial": best["trial"]}

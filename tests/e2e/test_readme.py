@@ -94,6 +94,13 @@ def _user_files(root: Path) -> None:
     np.save(root / "mask_uv.npy", mask_uv)
 
 
+def _bucket(name: str) -> None:
+    import pyarrow.fs as pafs
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")
+    pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir(name)
+
+
 def _background(args: list[str]) -> subprocess.Popen:
     """A README command ending in ``&`` (``cfgdiff serve``): started as a process (it joins this session's Ray
     through the inherited RAY_ADDRESS), and waited for until its /healthz answers."""
@@ -145,6 +152,7 @@ def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(README.parent / "configs")
     _user_files(tmp_path)
+    _bucket("my-bucket")  # "Object storage everywhere": the user's bucket, on this session's S3 server
     blocks = readme_blocks()
     assert {why for _, _, why in blocks if why} == SKIPS and sum(why is not None for _, _, why in blocks) == 2
     used, used_py, ran, procs = set(), set(), [], []
@@ -165,6 +173,10 @@ def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in Path("models/grf-best").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert Path("runs/cfgdiff-run/export/model.safetensors").exists() and Path("out/recon.npy").exists()
     assert Path("runs/eval/evaluate.png").exists() and Path("runs/tune/best.json").exists()
+    from cfgdiff import fsio  # "Object storage everywhere"
+
+    assert all(fsio.is_file(f"s3://my-bucket/{f}") for f in ("grf/cfgdiff.json", "runs/cfgdiff-run/export/model.safetensors",
+                                                             "out/recon.npy", "eval/evaluate.json"))
     # "Large and odd-sized fields": --limit rows of 96x96 (128 in the README) reconstructed in 64x64 tiles (2 x 2)
     # by a model trained on 64x64 crops
     assert np.load("out/big.npy").shape == (4, 1, 96, 96)
