@@ -9,11 +9,14 @@ model card, without the training state (which stays in the run's checkpoints), r
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
+from . import fsio
 from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, write_atomically, write_checkpoint_files
 from .config import ExperimentConfig
 from .errors import CheckpointError
@@ -76,32 +79,58 @@ def write_model(directory: str | os.PathLike, weights: dict[str, torch.Tensor], 
     return d
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Re-export the checkpoint at ``src`` (verified on load) as a model directory at ``dst``, atomically."""
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> str:
+    """Re-export the checkpoint at ``src`` (verified on load) as a model directory at ``dst``, atomically. Either may
+    be a URI: a remote ``dst`` is written locally and uploaded, its ``config.json`` last."""
     ck = load_checkpoint(src)
     meta = {k: v for k, v in ck.meta.items() if k != "validation"}
-    meta["exported_from"] = str(Path(src).resolve())
-    return write_atomically(dst, lambda tmp: write_model(tmp, ck.state_dict, ck.config, ck.normalization, meta,
-                                                         ck.meta.get("validation")),
-                            overwrite, "choose another --out or pass --overwrite")
+    meta["exported_from"] = str(src) if fsio.is_uri(src) else str(Path(src).resolve())
+    write = lambda tmp: write_model(tmp, ck.state_dict, ck.config, ck.normalization, meta, ck.meta.get("validation"))
+    hint = "choose another --out or pass --overwrite"
+    if not fsio.is_uri(dst):
+        return str(write_atomically(dst, write, overwrite, hint))
+    fsio.check_storage(str(dst))
+    if fsio.occupied(dst) and not overwrite:
+        raise CheckpointError(f"{dst}: exists; {hint}")
+    with tempfile.TemporaryDirectory(prefix=".cfgdiff-export-") as tmp:
+        write(Path(tmp))
+        fsio.delete(dst)
+        for name in sorted(os.listdir(tmp), key=lambda n: n == CONFIG):  # config.json last: then it is complete
+            fsio.upload(Path(tmp, name), fsio.join(dst, name))
+    return str(dst)
 
 
-def find_checkpoint(run: str | os.PathLike, which: str = "latest") -> Path:
+def is_checkpoint(where: str | os.PathLike) -> bool:
+    """A checkpoint folder (config and weights; a run folder has a config.json too), local or at a URI."""
+    return fsio.is_file(fsio.join(where, CONFIG)) and fsio.is_file(fsio.join(where, WEIGHTS))
+
+
+def step_checkpoints(run: str | os.PathLike) -> list[str]:
+    """The run's ``step_*`` checkpoints, oldest first, local or at a URI."""
+    fs, path = fsio.location(run)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+                   if i.type == pafs.FileType.Directory and i.base_name.startswith("step_"))
+    return [d for d in (fsio.join(run, n) for n in names) if is_checkpoint(d)]
+
+
+def find_checkpoint(run: str | os.PathLike, which: str = "latest") -> str:
     """The checkpoint ``which`` (``latest``: the newest step, ``best``, ``export`` or a ``step_...`` name) of the
-    run folder ``run``; ``run`` itself when it is a checkpoint."""
-    run = Path(run)
-    is_checkpoint = lambda d: (d / CONFIG).is_file() and (d / WEIGHTS).is_file()  # a run folder has a config.json too
+    run folder ``run`` (local or a URI); ``run`` itself when it is a checkpoint."""
+    run = str(run).rstrip("/") if fsio.is_uri(run) else str(run)
     if is_checkpoint(run):
         return run
-    if not run.is_dir():
+    if not fsio.is_dir(run):
         raise CheckpointError(f"{run}: no such run or checkpoint folder")
-    steps = sorted(p for p in run.glob("step_*") if is_checkpoint(p))
+    steps = step_checkpoints(run)
     if which == "latest":
         if not steps:
             raise CheckpointError(f"{run}: holds no step_* checkpoints (a run folder from `cfgdiff train`?)")
         return steps[-1]
-    found = run / which
+    found = fsio.join(run, which)
     if not is_checkpoint(found):
-        names = ["latest", *(n for n in ("best", "export") if is_checkpoint(run / n)), *(p.name for p in steps)]
+        names = ["latest", *(n for n in ("best", "export") if is_checkpoint(fsio.join(run, n))),
+                 *(fsio.name(p) for p in steps)]
         raise CheckpointError(f"--checkpoint {which}: not in {run}; expected one of {', '.join(names)}")
     return found

@@ -9,7 +9,7 @@ import click
 
 from cfgdiff.errors import InputError
 
-from .common import int_pair, ray_options
+from .common import int_pair, ray_options, storage_endpoint_option
 
 
 @click.command("serve")
@@ -29,6 +29,7 @@ from .common import int_pair, ray_options
 @click.option("--max-request-mb", type=float, default=16.0, show_default=True, help="Larger bodies get HTTP 413.")
 @click.option("--request-timeout-s", type=float, default=None,
               help="Answer 504 and cancel a request not answered after this long (a request's timeout_s wins).")
+@storage_endpoint_option
 @click.option("--print-config", is_flag=True, help="Print a `serve deploy` / RayService config for this model and exit.")
 @click.pass_context
 def serve_cmd(ctx, checkpoint, ray_address, num_cpus, dashboard, replicas, autoscale, gpus_per_replica,

@@ -28,6 +28,7 @@ from ray.serve.metrics import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cfgdiff import fsio
 from cfgdiff.api import Reconstructor
 from cfgdiff.batcher import Batcher
 from cfgdiff.checkpoint import checkpoint_files, load_checkpoint
@@ -160,14 +161,16 @@ def undeploy(shutdown: bool = True) -> None:
 def print_config(checkpoint: str, *, replicas: int, autoscale, gpus_per_replica: float, port: int, route: str,
                  max_batch_size: int, batch_wait_timeout_s: float, max_request_mb: float,
                  request_timeout_s: float | None = None) -> str:
-    """A ``serve deploy`` / RayService config for this model (the checkpoint path must be readable on the nodes)."""
+    """A ``serve deploy`` / RayService config for this model (a URI, or a local path that must be readable on the
+    nodes)."""
     import yaml
 
     dep = {"name": "CfgdiffService", **_scaling(replicas, autoscale, max_batch_size),
            "ray_actor_options": {"num_cpus": 1, "num_gpus": gpus_per_replica}}
     doc = {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": port},
            "applications": [{"name": APP, "route_prefix": "/", "import_path": "cluster.serve:app",
-                             "args": {"checkpoint": str(Path(checkpoint).resolve()), "route": route,
+                             "args": {"checkpoint": checkpoint if fsio.is_uri(checkpoint) else str(Path(checkpoint).resolve()),
+                                      "route": route,
                                       "max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s,
                                       "max_request_mb": max_request_mb, "request_timeout_s": request_timeout_s},
                              "deployments": [dep]}]}

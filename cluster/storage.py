@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
 from cfgdiff import fsio
 
 CONFIG = "config.json"
@@ -20,16 +18,6 @@ CONFIG = "config.json"
 is_uri, location, join, exists, read_text, write_text = (fsio.is_uri, fsio.location, fsio.join, fsio.exists,
                                                          fsio.read_text, fsio.write_text)
 delete_dir, set_endpoint, check_storage = fsio.delete, fsio.set_endpoint, fsio.check_storage
-
-
-def checkpoints(run: str) -> list[str]:
-    """The run's ``step_*`` checkpoints (those with a config.json), oldest first."""
-    fs, path = location(run)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return []
-    found = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory
-             and i.base_name.startswith("step_") and fs.get_file_info(f"{i.path}/{CONFIG}").is_file]
-    return [join(run, name) for name in sorted(found)]
 
 
 def fetch(where: str, local: str | os.PathLike) -> Path:

@@ -29,6 +29,7 @@ from cfgdiff.data import DatasetMeta, decode_batch, read_split
 from cfgdiff.degrade import degrade, parse_spec
 from cfgdiff.engine import native_bf16
 from cfgdiff.errors import InputError
+from cfgdiff.export import step_checkpoints
 from cfgdiff.presets import apply_preset, is_custom
 
 from . import storage as storage_io
@@ -281,7 +282,7 @@ def fit_interruptibly(trainer: TorchTrainer, poll=None):
 
 def latest_checkpoint(run: str | Path) -> str | None:
     """The newest ``step_*`` checkpoint of a run (a local folder or a URI), if any."""
-    found = storage_io.checkpoints(str(run))
+    found = step_checkpoints(str(run))
     return found[-1] if found else None
 
 

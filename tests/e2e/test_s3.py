@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from cfgdiff import fsio
+from cfgdiff.export import step_checkpoints
 from cluster import storage as storage_io
 from cluster.train import TrainJob, run_training
 from cluster.tune import TuneJob, run_tune
@@ -76,7 +77,7 @@ def test_train_restart_and_resume_on_s3_equal_the_local_disk_runs(ray_session, t
                               max_failures=1, fail_at_step=6))
     assert s["step"] == 12 and s["export_dir"] == f"{runs}/s3run/export"
     assert storage_io.exists(f"{runs}/s3run/.fault_injected"), "the fault really fired"
-    names = sorted(p.rsplit("/", 1)[1] for p in storage_io.checkpoints(f"{runs}/s3run"))
+    names = sorted(p.rsplit("/", 1)[1] for p in step_checkpoints(f"{runs}/s3run"))
     assert names[-1] == "step_0000012" and len(names) == 2, names  # train.keep_checkpoints=2
     for f in ("export/model.safetensors", "export/README.md", "config.json", "best/config.json"):
         assert storage_io.exists(f"{runs}/s3run/{f}"), f
@@ -100,6 +101,15 @@ def test_train_restart_and_resume_on_s3_equal_the_local_disk_runs(ray_session, t
     ref = load_file(str(tmp_path / "runs" / "disk" / "export" / "model.safetensors"))
     got = _weights(f"{runs}/s3run/export", tmp_path, "s3export16")
     assert all(torch.equal(ref[k], got[k]) for k in ref), "resumed on S3 = resumed on disk"
+    # `cfgdiff export` from an S3 run to S3: the latest step's weights (the final EMA), without training state
+    code, out, err = run_cli(["export", f"{runs}/s3run", "--out", f"{bucket}/shared/model"], capsys)
+    assert code == 0 and "(README.md, config.json, model.safetensors)" in out, err
+    got = _weights(f"{bucket}/shared/model", tmp_path, "shared")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    code, out, err = run_cli(["info", f"{bucket}/shared/model"], capsys)
+    assert code == 0 and "parameters:" in out, err
+    code, _, err = run_cli(["export", f"{runs}/s3run", "--out", f"{bucket}/shared/model"], capsys)
+    assert code == 2 and "exists; choose another --out or pass --overwrite" in err, err
 
 
 def test_unreachable_or_missing_s3_storage_fails_in_one_line(tiny_data, bucket, capsys, monkeypatch):
@@ -145,6 +155,8 @@ def test_infer_and_evaluate_from_s3_to_s3_equal_the_local_runs(ray_session, tiny
     code, out, err = run_cli(["--quiet", "infer", ckpt, "--input", f"{bucket}/in/obs.npy", "--out",
                               f"{bucket}/out/obs_rec.npy", "--steps", "2"], capsys)
     assert code == 0 and "6 rows" in out, err
+    code, out, _ = run_cli(["serve", ckpt, "--print-config"], capsys)  # replicas load it from S3 too
+    assert code == 0 and f"checkpoint: {ckpt}\n" in out, out
     code, _, err = run_cli(["infer", ckpt, "--input", s3_data, "--out", f"{bucket}/out/rec.npy", *flags], capsys)
     assert code == 2 and f"{bucket}/out/rec.npy exists; pass --overwrite" in err, err
     # evaluate: checkpoint, data and --out on S3 give the local numbers
@@ -178,14 +190,15 @@ def test_tune_on_s3_interrupted_and_resumed_trains_like_local_disk(ray_session, 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parents[2])
     deadline = time.time() + 240
-    while time.time() < deadline and not _trial_exports(out):
+    while time.time() < deadline and len(_trial_runs(out)) < 2:  # the second trial starts once Tune has the first done
         assert proc.poll() is None, "tune exited before it could be interrupted: " + proc.stderr.read()[-2000:]
         time.sleep(0.5)
+    second = _trial_runs(out)[-1]
+    first = {e: _mtime(f"{e}/model.safetensors") for e in _trial_exports(out) if not e.startswith(second)}
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and f"continue with `cfgdiff tune --data {s3_data} --out {out}" in err, err[-2000:]
-    first = {e: _mtime(f"{e}/model.safetensors") for e in _trial_exports(out)}
-    assert first, "a trial finished before the interrupt"
+    assert len(first) == 1, f"the first trial finished before the interrupt: {first}"
     cfg = tiny_config(tiny_data, "train.lr=2e-3")
     s = run_tune(TuneJob(data_dir=s3_data, config=cfg, out_dir=out, p_grid=(0.2, 0.3), w_grid=(0.0, 1.0), epochs=1,
                          resume=True))
@@ -207,9 +220,13 @@ def _mtime(where: str):
     return fs.get_file_info(path).mtime
 
 
-def _trial_exports(out: str) -> list[str]:
-    fs, path = fsio.location(f"{out}/trials")
+def _trial_runs(out: str) -> list[str]:
+    """The trials' Train runs under the search (each writes its config.json when it starts), in trial order."""
     if not fsio.is_dir(f"{out}/trials"):
         return []
-    dirs = [i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory]
-    return [f"s3://{d}/export" for d in dirs if fsio.is_file(f"s3://{d}/export/model.safetensors")]
+    fs, path = fsio.location(f"{out}/trials")
+    return sorted(f"s3://{i.path}" for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory)
+
+
+def _trial_exports(out: str) -> list[str]:
+    return [f"{d}/export" for d in _trial_runs(out) if fsio.is_file(f"{d}/export/model.safetensors")]

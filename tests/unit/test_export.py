@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,7 +47,7 @@ def test_export_holds_config_weights_and_card_with_umask_permissions(tmp_path):
     run, weights = _run(tmp_path)
     old = os.umask(0o022)
     try:
-        out = export_checkpoint(find_checkpoint(run), tmp_path / "shared" / "model")
+        out = Path(export_checkpoint(find_checkpoint(run), tmp_path / "shared" / "model"))
     finally:
         os.umask(old)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"], "no training state"
@@ -64,7 +65,7 @@ def test_a_strict_umask_is_respected(tmp_path):
     run, _ = _run(tmp_path)
     old = os.umask(0o077)
     try:
-        out = export_checkpoint(run / "best", tmp_path / "private")
+        out = Path(export_checkpoint(run / "best", tmp_path / "private"))
     finally:
         os.umask(old)
     assert set(_modes(out).values()) == {0o700, 0o600}
@@ -83,8 +84,8 @@ def _current_umask() -> int:
 
 def test_find_checkpoint_names_what_exists(tmp_path):
     run, _ = _run(tmp_path)
-    assert find_checkpoint(run).name == "step_0000020" and find_checkpoint(run, "best").name == "best"
-    assert find_checkpoint(run / "step_0000010", "best") == run / "step_0000010", "a checkpoint folder is itself"
+    assert find_checkpoint(run) == str(run / "step_0000020") and find_checkpoint(run, "best") == str(run / "best")
+    assert find_checkpoint(run / "step_0000010", "best") == str(run / "step_0000010"), "a checkpoint folder is itself"
     with pytest.raises(CheckpointError, match="--checkpoint export: not in .*; expected one of latest, best, "
                                               "step_0000010, step_0000020"):
         find_checkpoint(run, "export")
