@@ -1,4 +1,4 @@
-"""`python -m bench [sampler|model|data|scaling|startup|presets|memory|tiling|formats|serve|all] [--device cpu|cuda] [--record]`.
+"""`python -m bench [sampler|model|data|...|serve|calibration|all] [--device cpu|cuda] [--record]`.
 
 Prints tables of measured figures; --record appends them to bench/RESULTS.md with the machine,
 torch version and command. Nothing here passes or fails on time.
@@ -18,7 +18,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", default=["all"],
                    choices=["all", "sampler", "model", "data", "scaling", "startup", "gap", "peers-sampling",
-                            "precision", "presets", "memory", "tiling", "formats", "serve"])
+                            "precision", "presets", "memory", "tiling", "formats", "serve", "calibration"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
@@ -26,6 +26,9 @@ def main() -> None:
     p.add_argument("--no-peers", action="store_true", help="skip the peer libraries in the model benchmark")
     p.add_argument("--size", type=int, default=None,
                    help="field side: model (default 32), presets (64), memory (256)")
+    p.add_argument("--checkpoint", default="runs/demo/export", help="calibration: a model of GRF data")
+    p.add_argument("--data", default="runs/demo/data", help="calibration: its GRF dataset (with demo.json)")
+    p.add_argument("--limit", type=int, default=64, help="calibration: validation fields")
     p.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -74,6 +77,11 @@ def main() -> None:
             from . import serve
 
             title, body = "cfgdiff serve under load", serve.run()
+        elif w == "calibration":
+            from . import calibration
+
+            title, body = "Quality and calibration against network calls", calibration.run(a.checkpoint, a.data,
+                                                                                          limit=a.limit)
         elif w == "gap":
             from . import gap
 
