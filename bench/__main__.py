@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default="runs/demo/export", help="calibration: a model of GRF data")
     p.add_argument("--data", default="runs/demo/data", help="calibration: its GRF dataset (with demo.json)")
     p.add_argument("--limit", type=int, default=64, help="calibration: validation fields")
+    p.add_argument("--masks", nargs="*", default=["drop:0.9", "box:0.4:random"], help="calibration: degradations")
+    p.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20, 50, 100], help="calibration: step counts")
     p.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -81,6 +83,7 @@ def main() -> None:
             from . import calibration
 
             title, body = "Quality and calibration against network calls", calibration.run(a.checkpoint, a.data,
+                                                                                          tuple(a.masks), tuple(a.steps),
                                                                                           limit=a.limit)
         elif w == "gap":
             from . import gap

@@ -35,7 +35,8 @@ def run(checkpoint: str, data: str, masks: tuple[str, ...] = ("drop:0.9", "box:0
                 print(f"{mask} {method} {n}: {rows[-1]}", flush=True)
     std_ideal, cov_ideal = exact_sample_std_ratio(num_samples), exact_sample_coverage(num_samples)
     _plot(rows, masks, std_ideal, cov_ideal)
-    head = (f"`python -m bench calibration --checkpoint {checkpoint} --data {data}`: {limit} validation fields, "
+    head = (f"`python -m bench calibration --checkpoint {checkpoint} --data {data} --limit {limit} --masks "
+            f"{' '.join(masks)} --steps {' '.join(map(str, steps))}`: {limit} validation fields, "
             f"K = {num_samples}, the checkpoint's w. Exact posterior samples would score sample std / exact std "
             f"{std_ideal:.3f} and coverage {cov_ideal:.3f} at this K (`metrics.exact_sample_std_ratio`, "
             "`exact_sample_coverage`).\n\n"
