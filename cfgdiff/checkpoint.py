@@ -165,8 +165,7 @@ def checkpoint_files(path: str | os.PathLike) -> dict[str, bytes]:
         f = fsio.join(path, name)
         if not fsio.is_file(f):
             raise CheckpointError(f"{path}: not a cfgdiff checkpoint directory (expected {CONFIG} and {WEIGHTS})")
-        with fsio.location(f)[0].open_input_stream(fsio.location(f)[1]) as src:
-            files[name] = src.read()
+        files[name] = fsio.read_bytes(f)
     return files
 
 

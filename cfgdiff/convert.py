@@ -233,21 +233,8 @@ def _convert_to_uri(target_spec: str | None, out: str, opts: ConvertOptions, pro
     fsio.check_storage(out)
     if fsio.occupied(out) and not opts.overwrite:
         raise InputError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-convert-"))
-    try:
-        meta = convert(target_spec, tmp / "data", replace(opts, overwrite=False), progress)
-        fsio.delete(out)
-        try:
-            for split in ("train", "val"):
-                if (tmp / "data" / split).is_dir():
-                    fsio.upload(tmp / "data" / split, fsio.join(out, split))
-            fsio.upload(tmp / "data" / META, fsio.join(out, META))  # last: a dataset without it is not one
-        except BaseException:
-            fsio.delete(out)
-            raise
-        return meta
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with fsio.staged(out, last=META, replace=True) as local:  # META last: a folder without it is not a dataset
+        return convert(target_spec, local, replace(opts, overwrite=False), progress)
 
 
 def convert(target_spec: str | None, out: str | os.PathLike, opts: ConvertOptions = ConvertOptions(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -222,13 +221,9 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         raise InputError(f"--out {out_dir}: evaluate.json exists; pass --overwrite to replace it")
     with ExitStack() as stack:
         local_data = str(stack.enter_context(fsio.local_copy(data))) if str(data).endswith(".npy") else data
-        staged = out_dir if not (out_dir and fsio.is_uri(out_dir)) else \
-            str(stack.enter_context(tempfile.TemporaryDirectory(prefix=".cfgdiff-evaluate-")))
-        doc = _evaluate(ckpt_path, local_data, opts, staged, progress, draw_panels, names=(ckpt_path, data))
-        if staged != out_dir:
-            for name in ("evaluate.png", "evaluate.json"):  # the json last: its presence means a finished upload
-                fsio.upload(Path(staged, name), fsio.join(out_dir, name))
-        return doc
+        local_out = stack.enter_context(fsio.staged(out_dir, last="evaluate.json"))
+        return _evaluate(ckpt_path, local_data, opts, local_out and str(local_out), progress, draw_panels,
+                         names=(ckpt_path, data))
 
 
 def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None, progress, draw_panels,

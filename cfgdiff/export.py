@@ -9,7 +9,6 @@ model card, without the training state (which stays in the run's checkpoints), r
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +91,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwri
     fsio.check_storage(str(dst))
     if fsio.occupied(dst) and not overwrite:
         raise CheckpointError(f"{dst}: exists; {hint}")
-    with tempfile.TemporaryDirectory(prefix=".cfgdiff-export-") as tmp:
-        write(Path(tmp))
-        fsio.delete(dst)
-        for name in sorted(os.listdir(tmp), key=lambda n: n == CONFIG):  # config.json last: then it is complete
-            fsio.upload(Path(tmp, name), fsio.join(dst, name))
+    with fsio.staged(dst, last=CONFIG, replace=True) as local:  # config.json last: then it is complete
+        write(local)
     return str(dst)
 
 

@@ -121,10 +121,14 @@ def open_input(where: str | os.PathLike) -> pa.NativeFile:
     return fs.open_input_file(path)
 
 
-def read_text(where: str | os.PathLike) -> str:
+def read_bytes(where: str | os.PathLike) -> bytes:
     fs, path = location(where)
     with fs.open_input_stream(path) as f:
-        return f.read().decode()
+        return f.read()
+
+
+def read_text(where: str | os.PathLike) -> str:
+    return read_bytes(where).decode()
 
 
 def write_text(where: str | os.PathLike, text: str) -> None:
@@ -163,6 +167,31 @@ def download(where: str, local: str | os.PathLike) -> Path:
         local.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return local
+
+
+@contextmanager
+def staged(where: str | os.PathLike | None, last: str | None = None, replace: bool = False) -> Iterator[Path | None]:
+    """A local folder that stands for the output folder ``where``: ``where`` itself when it is local (or None);
+    for a URI a temporary folder whose entries are uploaded into ``where`` when the block succeeds (``last`` after
+    the others, so that its presence means a complete upload; with ``replace`` the old ``where`` is removed first),
+    and nothing is uploaded when it fails."""
+    if where is None or not is_uri(where):
+        yield None if where is None else Path(where)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-stage-"))
+    try:
+        yield tmp
+        if replace:
+            delete(where)
+        try:
+            for entry in sorted(os.listdir(tmp), key=lambda n: n == last):
+                upload(tmp / entry, join(where, entry))
+        except BaseException:
+            if replace:
+                delete(where)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -271,7 +271,7 @@ def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = N
     """Reconstruct every row of the input; returns a summary with metrics when targets are known.
 
     The checkpoint, the input and ``--out`` may be on object storage: remote array files are downloaded to a
-    temporary folder first, a remote dataset and checkpoint are read in place, and the outputs are written
+    temporary folder first (a checkpoint too, once), a remote dataset is read in place, and the outputs are written
     locally and uploaded at the end (nothing is uploaded when the run fails)."""
     for where, option in ((job.checkpoint, "CHECKPOINT"), (job.input, "--input"), (job.out, "--out")):
         fsio.check_storage(where, option)
@@ -279,16 +279,21 @@ def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = N
     out = Path(job.out)
     tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-infer-", dir=None if remote_out or not out.parent.exists() else out.parent))
     try:
-        local = job
+        local, files, where = job, checkpoint_files(job.checkpoint), job.checkpoint  # read once: loaded, and sent
+        if fsio.is_uri(job.checkpoint):
+            where = tmp / "checkpoint"
+            where.mkdir()
+            for name, data in files.items():
+                (where / name).write_bytes(data)
         if remote_out:
             check_existing(job)  # nothing there yet, or --overwrite
             (tmp / "out").mkdir()
             local = replace(local, out=str(tmp / "out" / fsio.name(job.out)))
-        ckpt = load_checkpoint(local.checkpoint)
+        ckpt = load_checkpoint(where)
         ckpt.build_model("cpu")  # weights vs config checked here, not inside an actor
         meta, split = _prepare_input(local, tmp)
         validate(local, meta, ckpt)
-        summary = _run(local, ckpt, meta, split, tmp, progress)
+        summary = _run(local, ckpt, files, meta, split, tmp, progress)
         if remote_out:
             pairs = [(s, d) for s, d in zip(outputs(local), outputs(job), strict=True) if os.path.exists(s)]
             for src, dst in pairs:
@@ -299,7 +304,7 @@ def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress) -> dict:
+def _run(job: InferJob, ckpt, files: dict[str, bytes], meta: DatasetMeta, split: str, tmp: Path, progress) -> dict:
     dirs = _split_dirs(meta, split)
     check_rows(job, dirs, ckpt)
     index = np.sort(np.concatenate([open_parquet(f).read(columns=["index"]).column("index").to_numpy()
@@ -309,7 +314,7 @@ def _run(job: InferJob, ckpt, meta: DatasetMeta, split: str, tmp: Path, progress
     N = len(index)
     C, (H, W), K = ckpt.config.model.in_channels, meta.doc["shapes"]["condition"][1:], job.num_samples
     _check_resources(job)
-    ref = ray.put(checkpoint_files(job.checkpoint))  # sent with every call: a restarted actor reloads from it
+    ref = ray.put(files)  # sent with every call: a restarted actor reloads from it
     actor_cls = ray.remote(num_cpus=job.cpus_per_actor, num_gpus=job.gpus_per_actor or None, max_restarts=3,
                            max_task_retries=3)(Inpainter)
     args = dict(sampler=dict(job.sampler.__dict__), num_samples=K, seed=job.seed,

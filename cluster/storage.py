@@ -1,8 +1,8 @@
 """Run storage through pyarrow filesystems: a local path or a URI (``file://``, ``s3://``, ``gs://``), the same
 calls for both, so that ``--resume`` and a run's ``config.json`` work wherever Ray Train keeps the checkpoints.
 
-The path helpers are ``cfgdiff.fsio``'s; this module adds what runs need: listing a run's checkpoints, fetching
-one to a local folder (to check it before any worker starts), and a reachability check.
+The path helpers are ``cfgdiff.fsio``'s; this module adds what runs need: fetching a checkpoint
+to a local folder (to check it before any worker starts); step_checkpoints is in ``cfgdiff.export``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -221,16 +220,11 @@ def trial_status(result, epochs: int) -> str:
 def summarize(results, job: TuneJob, out: str, target: str, mode: str) -> dict:
     """The trial table (``ResultGrid.get_dataframe()``: every trial's last report, plus its status), best.json
     and the metric(w) plot. Every trial appears; one without results is listed, and warned about."""
-    if fsio.is_uri(out):  # written here, then uploaded (best.json last)
-        with tempfile.TemporaryDirectory(prefix=".cfgdiff-tune-") as staged:
-            summary = summarize_local(results, job, staged, target, mode, out)
-            for name in ("trials.csv", "metric_vs_w.png", "best.json"):
-                fsio.upload(Path(staged, name), fsio.join(out, name))
-        return {**summary, "dir": out}
-    return summarize_local(results, job, out, target, mode, out)
+    with fsio.staged(out, last="best.json") as local:  # for a URI: written locally, then uploaded
+        return {**_summarize(results, job, local, target, mode, out), "dir": out}
 
 
-def summarize_local(results, job: TuneJob, out: str, target: str, mode: str, export_root: str) -> dict:
+def _summarize(results, job: TuneJob, local: Path, target: str, mode: str, out: str) -> dict:
     df = results.get_dataframe()
     last = {row["logdir"]: row for row in df.to_dict("records")} if "logdir" in df else {}
     rows, curves = [], {}
@@ -244,7 +238,7 @@ def summarize_local(results, job: TuneJob, out: str, target: str, mode: str, exp
         curve = [(w, m.get(f"{job.metric}_w{w:g}")) for w in job.w_grid]
         if target in m:
             curves[f"p={r.config['p']:.3f} ({status.split(' after')[0]})"] = [(w, v) for w, v in curve if v is not None]
-        export = fsio.join(export_root, "trials", _train_run(r), "export")
+        export = fsio.join(out, "trials", _train_run(r), "export")
         rows.append({"trial": trial, "status": status, "p": r.config["p"], "best_w": m.get("best_w"),
                      "psnr": m.get("best_psnr"), "ssim": m.get("best_ssim"), "mae_missing": m.get("best_mae_missing"),
                      "val_loss": m.get("val_loss"), "steps": m.get("step"), "epochs": m.get("training_iteration"),
@@ -254,14 +248,13 @@ def summarize_local(results, job: TuneJob, out: str, target: str, mode: str, exp
     if not scored:
         raise RuntimeError("no trial reported a validation metric; see the trial logs under " + str(out))
     best = (max if mode == "max" else min)(scored, key=lambda row: row[job.metric])
-    out = Path(out)
-    pd.DataFrame(rows).to_csv(out / "trials.csv", index=False)
+    pd.DataFrame(rows).to_csv(local / "trials.csv", index=False)
     best_doc = {"p": best["p"], "w": best["best_w"], "metric": job.metric, "value": best[job.metric],
                 "checkpoint": best["checkpoint"], "trial": best["trial"]}
-    (out / "best.json").write_text(json.dumps(best_doc, indent=2))
-    line_chart(curves, out / "metric_vs_w.png", x_label="guidance weight w", y_label=job.metric,
+    (local / "best.json").write_text(json.dumps(best_doc, indent=2))
+    line_chart(curves, local / "metric_vs_w.png", x_label="guidance weight w", y_label=job.metric,
                title=f"validation {job.metric} against w, one line per trial (p)", x_ticks=list(job.w_grid))
-    return {"rows": rows, "best": best_doc, "dir": str(out)}
+    return {"rows": rows, "best": best_doc}
 
 
 def _train_run(result) -> str:
