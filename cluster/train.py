@@ -55,7 +55,7 @@ class TrainJob:
     placement: str = "PACK"  # worker placement: PACK (fill nodes) or SPREAD (one per node where possible)
     epochs: int | None = None  # overrides train.max_steps when set
     eval_ws: tuple[float, ...] | None = None  # guidance weights scored at every validation (tune)
-    callbacks: list = field(default_factory=list)  # ray.train.UserCallback / TuneReportCallback
+    callbacks: list = field(default_factory=list)  # ray.train.UserCallback (tune: trial_reports.ForwardReports)
     report_epochs_only: bool = False  # report (and checkpoint) only at epoch ends (tune)
     fail_at_step: int | None = None  # test hook: the last worker dies once at this step
     fit_log: str | None = None  # test hook: file that counts from-scratch fits

@@ -2,10 +2,10 @@
 swept inside each trial.
 
 p is a training-time parameter and w a sampling-time one, so each trial trains once with its p
-(the same TorchTrainer loop as ``cfgdiff train``, driven from a Tune function trainable with
-``TuneReportCallback``; RAY_NOTES §4) and scores every w of the grid on the fixed validation batch
-at each epoch. The trial's metric is the best over w; the whole metric(w) curve is reported too.
-ASHA stops weak trials after their first epochs.
+(the same TorchTrainer loop as ``cfgdiff train``, driven from a Tune function trainable; its reports reach
+Tune through ``trial_reports.fit_reporting``, which replaces Ray's ``TuneReportCallback`` and its race) and
+scores every w of the grid on the fixed validation batch at each epoch. The trial's metric is the best over w;
+the whole metric(w) curve is reported too. ASHA stops weak trials after their first epochs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from cfgdiff import fsio
@@ -32,6 +31,7 @@ from cfgdiff.progress import Progress
 from .plots import line_chart
 from .runtime import quiet_ray_logs
 from .train import TrainJob, run_training
+from .trial_reports import fit_reporting
 
 logger = logging.getLogger("cfgdiff.tune")
 METRICS = {"psnr": "max", "ssim": "max", "mae_missing": "min"}
@@ -93,9 +93,9 @@ def _trainable(config: dict) -> None:
     job = TrainJob(data_dir=config["data_dir"], config=cfg, run_name=trial, storage=storage,
                    workers=config["workers"], use_gpu=config["use_gpu"], epochs=config["epochs"],
                    threads_per_worker=config.get("threads", 1),
-                   eval_ws=tuple(config["w_grid"]), callbacks=[TuneReportCallback()], report_epochs_only=True,
+                   eval_ws=tuple(config["w_grid"]), report_epochs_only=True,
                    fit_log=os.path.join(storage, trial, "fits.log") if local else None, progress=False)
-    run_training(job)
+    fit_reporting(lambda callbacks: run_training(replace(job, callbacks=callbacks)))
 
 
 def run_tune(job: TuneJob) -> dict:

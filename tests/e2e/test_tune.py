@@ -9,8 +9,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from ray import tune
 
 from cfgdiff.errors import InputError
+from cluster.trial_reports import fit_reporting
 from cluster.tune import TuneJob, run_tune, validate_tune
 
 from .conftest import tiny_config
@@ -66,3 +68,31 @@ def test_resume_of_a_missing_search_leaves_nothing(tiny_data, tmp_path):
 def test_tune_bad_input(tiny_data, kw, match):
     with pytest.raises(InputError, match=match):
         validate_tune(TuneJob(data_dir=str(tiny_data), config=None, **kw))
+
+
+def _report_then_return(config):
+    """A trial whose Train run reports and returns at once: Ray's TuneReportCallback path lost or hung on such
+    last reports (#17.2); fit_reporting must deliver every one, in order, and then the run's error if any."""
+    def fit(callbacks):
+        for k in range(3):
+            callbacks[0].after_report(None, [{"score": 10 * config["i"] + k}], None)
+            if config["i"] == 0 and k == 1:
+                raise RuntimeError("fit failed after two reports")
+        return "fitted"
+
+    assert fit_reporting(fit) == "fitted"
+
+
+def test_trial_reports_are_never_lost(ray_session, tmp_path):
+    grid = tune.Tuner(tune.with_resources(_report_then_return, {"CPU": 0.01}),
+                      param_space={"i": tune.grid_search(list(range(8)))},
+                      tune_config=tune.TuneConfig(max_concurrent_trials=4, time_budget_s=120),  # a hang fails, late
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="reports", verbose=0)).fit()
+    assert len(grid) == 8
+    for r in grid:
+        i = r.config["i"]
+        seen = list(r.metrics_dataframe["score"]) if r.metrics_dataframe is not None else []
+        if i == 0:
+            assert seen == [0, 1] and "fit failed after two reports" in str(r.error)
+        else:
+            assert r.error is None and seen == [10 * i, 10 * i + 1, 10 * i + 2], (i, seen)
