@@ -31,6 +31,9 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=64, help="calibration: validation fields")
     p.add_argument("--masks", nargs="*", default=["drop:0.9", "box:0.4:random"], help="calibration: degradations")
     p.add_argument("--steps", type=int, nargs="*", default=[5, 10, 20, 50, 100], help="calibration: step counts")
+    p.add_argument("--solvers", nargs="*", default=["ddpm", "ddim", "dpm2m", "dpm2m-sde"],
+                   choices=["ddpm", "ddim", "dpm2m", "dpm2m-sde"], help="calibration: solvers")
+    p.add_argument("--num-samples", type=int, default=4, help="calibration: K samples per field")
     p.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -84,7 +87,9 @@ def main() -> None:
 
             title, body = "Quality and calibration against network calls", calibration.run(a.checkpoint, a.data,
                                                                                           tuple(a.masks), tuple(a.steps),
-                                                                                          limit=a.limit)
+                                                                                          limit=a.limit,
+                                                                                          num_samples=a.num_samples,
+                                                                                          solvers=tuple(a.solvers))
         elif w == "gap":
             from . import gap
 

@@ -16,15 +16,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def run(checkpoint: str, data: str, masks: tuple[str, ...] = ("drop:0.9", "box:0.4:random"),
-        steps: tuple[int, ...] = (5, 10, 20, 50, 100), num_samples: int = 4, limit: int = 64) -> str:
+        steps: tuple[int, ...] = (5, 10, 20, 50, 100), num_samples: int = 4, limit: int = 64,
+        solvers: tuple[str, ...] = tuple(SOLVERS)) -> str:
     from cfgdiff.evaluate import EvalOptions, run_evaluation
     from cfgdiff.metrics import exact_sample_coverage, exact_sample_std_ratio
 
     rows = []
     for mask in masks:
-        for method, eta in SOLVERS.items():
+        for method in solvers:
             for n in steps:
-                opts = EvalOptions(degrade=(mask,), steps=n, method=method, eta=eta, num_samples=num_samples,
+                opts = EvalOptions(degrade=(mask,), steps=n, method=method, eta=SOLVERS[method], num_samples=num_samples,
                                    limit=limit, baselines=False)
                 t0 = time.time()
                 r = run_evaluation(checkpoint, data, opts)["results"][mask]["cfgdiff"]
@@ -34,9 +35,10 @@ def run(checkpoint: str, data: str, masks: tuple[str, ...] = ("drop:0.9", "box:0
                              "seconds": time.time() - t0})
                 print(f"{mask} {method} {n}: {rows[-1]}", flush=True)
     std_ideal, cov_ideal = exact_sample_std_ratio(num_samples), exact_sample_coverage(num_samples)
-    _plot(rows, masks, std_ideal, cov_ideal)
+    _plot(rows, masks, std_ideal, cov_ideal, solvers, num_samples)
     head = (f"`python -m bench calibration --checkpoint {checkpoint} --data {data} --limit {limit} --masks "
-            f"{' '.join(masks)} --steps {' '.join(map(str, steps))}`: {limit} validation fields, "
+            f"{' '.join(masks)} --steps {' '.join(map(str, steps))} --solvers {' '.join(solvers)} "
+            f"--num-samples {num_samples}`: {limit} validation fields, "
             f"K = {num_samples}, the checkpoint's w. Exact posterior samples would score sample std / exact std "
             f"{std_ideal:.3f} and coverage {cov_ideal:.3f} at this K (`metrics.exact_sample_std_ratio`, "
             "`exact_sample_coverage`).\n\n"
@@ -46,10 +48,15 @@ def run(checkpoint: str, data: str, masks: tuple[str, ...] = ("drop:0.9", "box:0
     body = "".join(f"| {r['mask']} | {r['method']} | {r['steps']} | {r['nfe']} | {f(r['psnr'], '.2f')} | "
                    f"{f(r['pm_over_bayes'], '.3f')} | {f(r['std_ratio'], '.3f')} | {f(r['coverage'], '.3f')} | "
                    f"{r['seconds']:.1f} |\n" for r in rows)
-    return head + body + "\n![std ratio and coverage against network calls](calibration.png)\n"
+    return head + body + f"\n![std ratio and coverage against network calls]({_png(num_samples)})\n"
 
 
-def _plot(rows: list[dict], masks: tuple[str, ...], std_ideal: float, cov_ideal: float) -> None:
+def _png(num_samples: int) -> str:
+    return "calibration.png" if num_samples == 4 else f"calibration_k{num_samples}.png"
+
+
+def _plot(rows: list[dict], masks: tuple[str, ...], std_ideal: float, cov_ideal: float, solvers: tuple[str, ...],
+          num_samples: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,16 +68,16 @@ def _plot(rows: list[dict], masks: tuple[str, ...], std_ideal: float, cov_ideal:
                                                  ("std_ratio", "sample std / exact std", std_ideal),
                                                  ("coverage", "coverage of mean ± 2 std", cov_ideal))):
             ax = axes[i][j]
-            for method in SOLVERS:
+            for method in solvers:
                 pts = [(r["nfe"], r[key]) for r in rows if r["mask"] == mask and r["method"] == method and r[key] is not None]
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=method)
             ax.axhline(ideal, color="k", ls="--", lw=1, label="exact samples")
             ax.set_xscale("log")
             ax.set_xlabel("network calls per sample")
-            ax.set_title(f"{mask}: {label}", fontsize=10)
+            ax.set_title(f"{mask}: {label} (K={num_samples})", fontsize=10)
             if i == 0 and j == 0:
                 ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "calibration.png", dpi=90)
+    fig.savefig(HERE / _png(num_samples), dpi=90)
     plt.close(fig)

@@ -21,6 +21,10 @@ FORMAT_VERSION = 1
 
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where it is native (engine.native_bf16), fp32 elsewhere
 METHODS = ("ddim", "ddpm", "dpm2m", "dpm2m-sde")  # samplers (cfgdiff.sampling); dpm2m = DPM-Solver++(2M)
+# The default sampler of infer, evaluate, serve and Python (#20): on the make-run model at <= 25 network calls,
+# DPM-Solver++(2M) 25 gives the widest samples and the best coverage at a posterior-mean MSE no worse than DDIM's
+# (bench/RESULTS.md, "Quality and calibration against network calls")
+DEFAULT_METHOD, DEFAULT_STEPS = "dpm2m", 25
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -95,9 +99,9 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    method: Literal["ddim", "ddpm", "dpm2m", "dpm2m-sde"] = "ddim"  # reverse process (dpm2m: DPM-Solver++(2M),
-    # deterministic; dpm2m-sde: its stochastic form)
-    steps: int = 50  # number of denoising steps (DDPM: T unless respaced)
+    method: Literal["ddim", "ddpm", "dpm2m", "dpm2m-sde"] = DEFAULT_METHOD  # reverse process (dpm2m:
+    # DPM-Solver++(2M), deterministic; dpm2m-sde: its stochastic form)
+    steps: int = DEFAULT_STEPS  # number of denoising steps (DDPM: T unless respaced)
     eta: float = 0.0  # DDIM stochasticity, eq. 16; 1 = DDPM variance
     w: float = 1.0  # guidance: eps_u + w (eps_c - eps_u); 0 uncond, 1 cond
     resample: tuple[int, int] | None = None  # RePaint (jump length j, resamplings r)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import fsio
-from .config import METHODS
+from .config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS
 from .degrade import degrade_raw, operator_for, parse_spec
 from .demo import grf_covariance, kriging
 from .errors import InputError
@@ -145,10 +145,10 @@ def kriging_raw(cond_raw: np.ndarray, mask: np.ndarray, demo: dict) -> tuple[np.
 @dataclass(frozen=True)
 class EvalOptions:
     degrade: tuple[str, ...] = ("drop:0.9", "box:0.4:random", "strokes:5", "half")  # one table row group each
-    steps: int = 25  # sampler steps
+    steps: int = DEFAULT_STEPS  # sampler steps
     w: float | None = None  # guidance (default: the checkpoint's)
     num_samples: int = 4  # K samples per row: posterior mean and std
-    method: str = "ddim"  # ddim or ddpm
+    method: str = DEFAULT_METHOD  # a solver of config.METHODS
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic; DDPM ignores it)
     limit: int = 32  # rows of the test split
     split: str = "val"  # dataset split

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cfgdiff.config import METHODS, PRECISIONS
+from cfgdiff.config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS, PRECISIONS
 from cfgdiff.errors import InputError
 from cfgdiff.evaluate import EvalOptions, run_evaluation
 from cfgdiff.metrics import samples_for_psnr_loss
@@ -19,8 +19,8 @@ from .common import storage_endpoint_option
               help="Degradation to score (repeatable; default: drop:0.9, box:0.4:random, strokes:5, half).")
 @click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
 @click.option("--limit", type=int, default=32, show_default=True, help="Rows to score.")
-@click.option("--steps", type=int, default=25, show_default=True, help="Sampler steps.")
-@click.option("--method", type=click.Choice(METHODS), default="ddim", show_default=True,
+@click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True, help="Sampler steps.")
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
               help="Sampler. More steps (or ddpm) widen the samples towards the true posterior spread.")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="DDIM stochasticity (0 = deterministic ODE).")

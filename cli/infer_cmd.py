@@ -9,7 +9,7 @@ import click
 
 from cfgdiff import fsio
 from cfgdiff.checkpoint import load_checkpoint
-from cfgdiff.config import METHODS, PRECISIONS, SamplerConfig
+from cfgdiff.config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS, PRECISIONS, SamplerConfig
 from cfgdiff.errors import InputError
 
 from .common import Progress, fmt_metrics, int_pair, ray_options, renamed, storage_endpoint_option
@@ -44,9 +44,11 @@ from .common import Progress, fmt_metrics, int_pair, ray_options, renamed, stora
 @click.option("--model-batch", type=int, default=8, show_default=True,
               help="Rows per network call; fixed so CPU output is bit-identical for any batch size (0 = whole batch).")
 @click.option("--method", type=click.Choice(METHODS), default=None,
-              help="Sampler (default: checkpoint's); dpm2m = DPM-Solver++(2M), deterministic, second order; "
+              help=f"Sampler (default: the checkpoint's; {DEFAULT_METHOD} for models trained since #20); "
+                   "dpm2m = DPM-Solver++(2M), deterministic, second order; "
                    "dpm2m-sde = its stochastic form, for spread at few steps.")
-@click.option("--steps", type=int, default=None, help="Denoising steps (default: checkpoint's).")
+@click.option("--steps", type=int, default=None,
+              help=f"Denoising steps (default: the checkpoint's; {DEFAULT_STEPS} for models trained since #20).")
 @click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
 @click.option("--w", type=float, default=None, help="Guidance weight: 0 uncond, 1 cond, >1 stronger.")
 @click.option("--resample", default=None, metavar="J,R", help="RePaint jump length and resamplings.")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfgdiff.config import ExperimentConfig, SamplerConfig
+from cfgdiff.config import DEFAULT_METHOD, DEFAULT_STEPS, ExperimentConfig, SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
 from cfgdiff.data import DatasetMeta, read_split
 from cfgdiff.degrade import row_kinds
@@ -48,7 +48,8 @@ class DemoPlan:
     eval_ws: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)
     tune_p: tuple[float, ...] = (0.1, 0.3)
     tune_epochs: int = 2
-    infer_steps: int = 20
+    infer_method: str = DEFAULT_METHOD  # the infer/evaluate default (#20)
+    infer_steps: int = DEFAULT_STEPS
     infer_samples: int = 3
     threads: int = 2
 
@@ -119,9 +120,9 @@ def run_demo(plan: DemoPlan, address: str | None = None, num_cpus: int | None = 
                  f"plot {out / 'tune' / 'metric_vs_w.png'}")
             best_w = float(tune_best["w"])  # the search over trials beats one run's 16-row validation
 
-        t = _stage(echo, f"5/6 infer on Ray actors (2 actors, DDIM {plan.infer_steps} steps, w={best_w:g}, "
+        t = _stage(echo, f"5/6 infer on Ray actors (2 actors, {plan.infer_method} {plan.infer_steps} steps, w={best_w:g}, "
                          f"K={plan.infer_samples} samples)")
-        sampler = SamplerConfig(method="ddim", steps=plan.infer_steps, w=best_w)
+        sampler = SamplerConfig(method=plan.infer_method, steps=plan.infer_steps, w=best_w)
         ir = run_inference(InferJob(checkpoint=tr["export_dir"], input=str(out / "data"), out=str(out / "infer" / "recon.npy"),
                                     actors=2, batch_size=16, sampler=sampler, num_samples=plan.infer_samples, seed=0))
         echo(f"{ir['rows']} rows, {ir['images_per_s']:.2f} images/s, {ir['model_calls_per_image']} model calls "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import METHODS
+from ..config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS
 from ..schedule import NoiseSchedule
 from .denoiser import CFG, Denoiser
 from .hooks import ClipX0, Consistency, ProjectKnown
@@ -58,7 +58,7 @@ def _validate(cond, mask, known, shape, schedule, method, steps, eta, w, resampl
 @torch.no_grad()
 def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule: NoiseSchedule,
            shape: Sequence[int] | None = None, known: torch.Tensor | None = None, operator=None,
-           method: str = "ddim", steps: int = 50, eta: float = 0.0, w: float = 1.0,
+           method: str = DEFAULT_METHOD, steps: int = DEFAULT_STEPS, eta: float = 0.0, w: float = 1.0,
            resample: tuple[int, int] | None = None, seed: int | Sequence[int] = 0,
            sample_index: Sequence[int] | None = None, generator: torch.Generator | None = None, clip_x0: bool = True,
            clip_range: tuple[torch.Tensor | float, torch.Tensor | float] = (-1.0, 1.0), prediction: str | None = None,
