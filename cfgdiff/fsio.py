@@ -2,7 +2,9 @@
 filesystems, so that a dataset, a run or an output on object storage takes the same calls as one on disk.
 
 S3-compatible stores are reached through the standard ``AWS_ENDPOINT_URL`` (and the usual credentials), which
-pyarrow reads when it resolves an ``s3://`` URI.
+pyarrow reads when it resolves an ``s3://`` URI. ``gs://`` uses Google's default credentials, or, when the standard
+``STORAGE_EMULATOR_HOST`` names a GCS emulator (as it does for Google's own clients and gcloud), that endpoint with
+anonymous credentials.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,18 +33,31 @@ def location(where: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     where = str(where)
     if not is_uri(where):
         return pafs.LocalFileSystem(), os.path.abspath(where)
+    emulator = os.environ.get(GCS_EMULATOR_ENV)
+    if emulator and where.startswith("gs://"):
+        return _gcs_emulator(emulator), where.removeprefix("gs://").rstrip("/")
     try:
         return pafs.FileSystem.from_uri(where)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise InputError(f"{where}: cannot open the storage ({first_line(e)})") from None
 
 
+GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+
+
+def _gcs_emulator(host: str) -> pafs.FileSystem:
+    """A GCS emulator (``STORAGE_EMULATOR_HOST``: ``http://HOST:PORT`` or ``HOST:PORT``), reached anonymously."""
+    u = urlparse(host if "://" in host else f"http://{host}")
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise InputError(f"{GCS_EMULATOR_ENV}={host!r}: expected http(s)://HOST:PORT")
+    return pafs.GcsFileSystem(anonymous=True, endpoint_override=u.netloc, scheme=u.scheme,
+                              retry_time_limit=timedelta(seconds=10))
+
+
 def set_endpoint(url: str) -> None:
     """``--storage-endpoint``: an S3-compatible server (MinIO, Ceph, a local test server) for s3:// URIs, through
     the standard ``AWS_ENDPOINT_URL`` that pyarrow and Ray read; Ray workers get it too
     (``cluster.runtime.storage_env``)."""
-    from urllib.parse import urlparse
-
     u = urlparse(url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise InputError(f"--storage-endpoint {url!r}: expected http(s)://HOST[:PORT]")
