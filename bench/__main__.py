@@ -48,8 +48,9 @@ def main() -> None:
             from . import model
 
             precs = (a.precision,) if a.precision else ("fp32", "bf16")
-            title, body = "Training step: cfgdiff vs peers", model.run(a.device, tuple(a.batch), precs, not a.no_peers,
-                                                                       size=a.size or 32)
+            size = a.size or 32
+            title = f"Training step at {size}x{size}: cfgdiff vs peers"
+            body = model.run(a.device, tuple(a.batch), precs, not a.no_peers, size=size)
         elif w == "data":
             from . import data
 
@@ -57,7 +58,10 @@ def main() -> None:
         elif w == "peers-sampling":
             from . import sampling_peers
 
-            title, body = "DDIM-50 sampling with CFG: cfgdiff vs peers", sampling_peers.run(precision=a.precision or "fp32")
+            size = a.size or 32
+            batch = a.batch[0] if a.batch != [32] else 16  # --batch N sets the sampling batch (default 16)
+            title, body = (f"DDIM-50 sampling with CFG at {size}x{size}: cfgdiff vs peers",
+                           sampling_peers.run(batch=batch, precision=a.precision or "fp32", size=size))
         elif w == "precision":
             from . import precision
 

@@ -8,12 +8,14 @@ image saving and data loading, which the benchmark never calls).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 
 import torch
 
 from cfgdiff.config import ModelConfig
+from cfgdiff.presets import apply_preset, num_levels
 from cfgdiff.unet import ConditionalUNet, num_parameters
 
 from .common import matmul_peak_gflops, table, timeit
@@ -43,27 +45,73 @@ def _stub_torchvision() -> None:
     sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.utils": tv.utils})
 
 
-def peers(size: int = 32) -> dict[str, torch.nn.Module]:
-    """Peer U-Nets at cfgdiff's reference size (dim 48, mults 1-2-4), for size x size fields."""
-    out = {}
-    _stub_torchvision()
-    try:
+def _peer(name: str, size: int, dim: int, out_dim: int | None = None) -> torch.nn.Module:
+    """A peer U-Net of width ``dim`` for size x size fields. At 32x32: the reference layout (1-2-4, the sizes
+    of issues #4/#9); above it: cfgdiff's own depth for that size (``presets.num_levels``) and channel
+    multipliers, diffusers' attention at the levels of side <= 16 (lucidrains keeps its own: linear attention
+    everywhere, full attention at the bottleneck)."""
+    levels = 3 if size == 32 else num_levels(size, size)
+    mults = (1, 2, 4, 4, 8, 8)[:levels]
+    if name.startswith("lucidrains"):
         from denoising_diffusion_pytorch import Unet
 
-        out["lucidrains Unet"] = Unet(dim=48, dim_mults=(1, 2, 4), channels=2)  # x + cond, concatenated
-    except Exception as e:  # noqa: BLE001
-        print(f"[bench] denoising-diffusion-pytorch unavailable: {type(e).__name__}: {e}", file=sys.stderr)
-    try:
-        from diffusers import UNet2DModel
+        return Unet(dim=dim, dim_mults=mults, channels=2, out_dim=out_dim)  # x + cond, concatenated
+    from diffusers import UNet2DModel
 
-        out["diffusers UNet2DModel"] = UNet2DModel(
-            sample_size=size, in_channels=3, out_channels=1, block_out_channels=(40, 80, 160), layers_per_block=2,
-            norm_num_groups=8,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-    except Exception as e:  # noqa: BLE001
-        print(f"[bench] diffusers unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    attn = [size // 2 ** i <= 16 for i in range(levels)] if size > 32 else [False, True, True]
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
+    return UNet2DModel(sample_size=size, in_channels=3, out_channels=1, block_out_channels=tuple(dim * m for m in mults),
+                       layers_per_block=2, norm_num_groups=8, down_block_types=down, up_block_types=up)
+
+
+REFERENCE_DIMS = {"lucidrains Unet": 48, "diffusers UNet2DModel": 40}  # ~1.75 GFLOP/img at 32x32, as in #4/#9
+
+
+def forward_flops(name: str, model: torch.nn.Module, size: int) -> float:
+    """Forward FLOPs of one size x size image."""
+    x = torch.randn(1, 1, size, size)
+    return _flops(name, model, x, torch.zeros(1, dtype=torch.long), x, torch.ones_like(x), backward=False)[0]
+
+
+def _matched_dim(name: str, size: int, target: float) -> int:
+    """The width (a multiple of 8) whose forward GFLOP/img is closest to ``target`` FLOPs."""
+
+    def flops(d: int) -> float:
+        return forward_flops(name, _peer(name, size, d), size)
+
+    lo, hi = 1, 40  # dim = 8k
+    while lo < hi:  # FLOPs grow with the width: the smallest k whose FLOPs reach the target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if flops(8 * mid) < target else (lo, mid)
+    return min((8 * k for k in (max(lo - 1, 1), lo)), key=lambda d: abs(flops(d) - target))
+
+
+def peer_dims(size: int = 32, target: float | None = None) -> dict[str, int]:
+    """Each available peer's width for size x size fields: at 32x32 the reference one; otherwise the width whose
+    forward FLOPs per image match ``target`` (cfgdiff's model at that size). Missing peers are reported."""
+    out = {}
+    _stub_torchvision()
+    for name, package in (("lucidrains Unet", "denoising-diffusion-pytorch"), ("diffusers UNet2DModel", "diffusers")):
+        try:
+            out[name] = REFERENCE_DIMS[name] if size == 32 or target is None else _matched_dim(name, size, target)
+        except Exception as e:  # noqa: BLE001
+            print(f"[bench] {package} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
     return out
+
+
+def peers(size: int = 32, target: float | None = None) -> dict[str, torch.nn.Module]:
+    return {f"{name} (dim {dim})": _peer(name, size, dim) for name, dim in peer_dims(size, target).items()}
+
+
+def cfgdiff_models(size: int) -> dict[str, torch.nn.Module]:
+    """cfgdiff's model for the size (the ``small`` preset, which training picks by default; at 32x32 it is
+    ModelConfig's default) with the product's conditioning (control add + cross-attention) and concat-only."""
+    hw = (size, size)
+    full = apply_preset(ModelConfig(image_size=hw), "small", hw)
+    concat = dataclasses.replace(full, use_control_add=False, use_cross_attn=False)
+    return {"cfgdiff concat-only (small preset)": ConditionalUNet(concat),
+            "cfgdiff full (control add + cross-attn)": ConditionalUNet(full)}
 
 
 def _call(name: str, model, x, t, c, m):
@@ -74,29 +122,32 @@ def _call(name: str, model, x, t, c, m):
     return model(x, t, c, m)
 
 
-def _flops(name, model, x, t, c, m) -> tuple[float, float]:
-    """(forward, forward + backward) FLOPs per image, counted by torch.utils.flop_counter."""
+def _flops(name, model, x, t, c, m, backward: bool = True) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs per image, counted by torch.utils.flop_counter on the first
+    (up to) 2 rows."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    n = min(2, len(x))
+    x, t, c, m = x[:n], t[:n], c[:n], m[:n]
     fc = FlopCounterMode(display=False)
     with fc, torch.no_grad():
-        _call(name, model, x[:2], t[:2], c[:2], m[:2])
-    fwd = fc.get_total_flops() / 2
+        _call(name, model, x, t, c, m)
+    fwd = fc.get_total_flops() / n
+    if not backward:
+        return fwd, float("nan")
     fc = FlopCounterMode(display=False)
     with fc:
-        _call(name, model, x[:2], t[:2], c[:2], m[:2]).float().pow(2).mean().backward()
+        _call(name, model, x, t, c, m).float().pow(2).mean().backward()
     model.zero_grad(set_to_none=True)
-    return fwd, fc.get_total_flops() / 2
+    return fwd, fc.get_total_flops() / n
 
 
 def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_peers: bool = True,
         channels_last: bool = True, size: int = 32) -> str:
-    hw = (size, size)
-    models = {"cfgdiff concat-only (dim 48, 1-2-4)":
-              ConditionalUNet(ModelConfig(image_size=hw, use_control_add=False, use_cross_attn=False)),
-              "cfgdiff full (control add + cross-attn)": ConditionalUNet(ModelConfig(image_size=hw))}
+    models = cfgdiff_models(size)
     if with_peers:
-        models.update(peers(size))
+        name, full = list(models.items())[1]
+        models.update(peers(size, forward_flops(name, full, size)))
     peak = {"fp32": matmul_peak_gflops(torch.float32, device)}
     if "bf16" in precisions:
         peak["bf16"] = matmul_peak_gflops(torch.bfloat16, device)
@@ -131,4 +182,6 @@ def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_pe
             + " (best of torch.matmul and a 1x1-conv GEMM; MKL matmul is slow on this AMD CPU, oneDNN is not)"
             + "; MFU = counted forward+backward FLOPs x img/s / that peak.")
     return table(rows, ["model", "params M", "GFLOP/img fwd", "batch", "precision", "img/s", "GFLOP/s", "MFU"]) + \
-        f"\n\n{size}x{size} fields. " + note
+        f"\n\n{size}x{size} fields; cfgdiff's `small` preset for that size" + \
+        ("" if size == 32 else ", each peer at the width (a multiple of 8) whose forward FLOPs per image are closest to "
+         "cfgdiff full's, with cfgdiff's depth for the size") + ". " + note

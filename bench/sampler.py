@@ -29,7 +29,8 @@ def run(device: str = "cpu", precision: str = "fp32", batch: int = 16, steps: in
             c, m = cond.repeat(n // batch, 1, 1, 1), mask.repeat(n // batch, 1, 1, 1)
             with torch.no_grad(), ac:
                 t_fwd = timeit(lambda: model(x, t, c, m), repeat=5, sync=sync)
-                t_all = timeit(lambda: sample(model, cond, mask, schedule=sched, steps=steps, w=w, seed=0, prediction="eps"),
+                t_all = timeit(lambda: sample(model, cond, mask, schedule=sched, method="ddim", steps=steps, w=w, seed=0,
+                                                         prediction="eps"),
                                repeat=3 if "U-Net" in name else 5, sync=sync)
             overhead = t_all - steps * t_fwd
             rows.append({"model": name, "w": w, "batch": batch, "steps": steps, "sample s": t_all,

@@ -72,7 +72,8 @@ def run(concurrencies=(1, 4, 16, 64), steps: int = 20, train_steps: int = 10) ->
             offline = {}
             for replicas in (1, 2):
                 r = run_inference(InferJob(export, str(ds), str(d / f"o{replicas}.npy"), actors=replicas, batch_size=16,
-                                           sampler=SamplerConfig(steps=steps, w=1.0), threads_per_actor=1, overwrite=True))
+                                           sampler=SamplerConfig(method="ddim", steps=steps, w=1.0), threads_per_actor=1,
+                                           overwrite=True))
                 offline[replicas] = r["steady_images_per_s"]
                 url = deploy(build(export, replicas=replicas, max_batch_size=16, batch_wait_timeout_s=0.01),
                              port=_port()) + "/reconstruct"
