@@ -6,18 +6,18 @@ cannot give (see the README's object-storage section)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from cfgdiff import fsio
 from tests.helpers import run_cli
+
+from .remote_runs import infer_and_evaluate_equal_local
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -67,25 +67,4 @@ def test_convert_infer_and_evaluate_on_gcs_equal_the_local_runs(ray_session, tin
     code, _, err = run_cli(["convert", x, "--degrade", "drop:0.7", "--out", "gs://no-such-bucket/d"], capsys)
     assert code == 2 and err.count("\n") == 1 and "gs://no-such-bucket/d" in err, err
 
-    ckpt = f"{b}/models/tiny"
-    fsio.upload(tiny_checkpoint, ckpt)
-    flags = ["--split", "val", "--limit", "6", "--steps", "3", "--num-samples", "2", "--workers", "2", "--batch-size", "4"]
-    code, _, err = run_cli(["--quiet", "infer", ckpt, "--input", f"{b}/data", "--out", f"{b}/out/rec.npy", *flags],
-                           capsys)
-    assert code == 0, err
-    code, _, err = run_cli(["--quiet", "infer", str(tiny_checkpoint), "--input", str(tiny_data), "--out",
-                            str(tmp_path / "rec.npy"), *flags], capsys)
-    assert code == 0, err
-    got = fsio.download(f"{b}/out", tmp_path / "gsout")
-    for name in ("rec.npy", "rec.std.npy", "rec.samples.npy"):
-        assert np.array_equal(np.load(got / name), np.load(tmp_path / name)), name
-
-    eflags = ["--limit", "4", "--steps", "3", "--num-samples", "2", "--degrade", "drop:0.8"]
-    code, _, err = run_cli(["--quiet", "evaluate", ckpt, "--data", f"{b}/data", "--out", f"{b}/eval", *eflags], capsys)
-    assert code == 0, err
-    code, _, err = run_cli(["--quiet", "evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out",
-                            str(tmp_path / "eval"), *eflags], capsys)
-    assert code == 0, err
-    remote = json.loads(fsio.read_text(f"{b}/eval/evaluate.json"))["results"]["drop:0.8"]["cfgdiff"]
-    mine = json.loads((tmp_path / "eval" / "evaluate.json").read_text())["results"]["drop:0.8"]["cfgdiff"]
-    assert {k: v for k, v in remote.items() if k != "seconds"} == {k: v for k, v in mine.items() if k != "seconds"}
+    infer_and_evaluate_equal_local(b, f"{b}/data", tiny_checkpoint, tiny_data, tmp_path, capsys)

@@ -28,6 +28,7 @@ from cluster.tune import TuneJob, run_tune
 from tests.helpers import run_cli
 
 from .conftest import tiny_config
+from .remote_runs import INFER_FLAGS, infer_and_evaluate_equal_local
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -133,20 +134,7 @@ def test_unreachable_or_missing_s3_storage_fails_in_one_line(tiny_data, bucket, 
 
 def test_infer_and_evaluate_from_s3_to_s3_equal_the_local_runs(ray_session, tiny_checkpoint, tiny_data, s3_data, bucket,
                                                              tmp_path, capsys):
-    ckpt = f"{bucket}/models/tiny"
-    fsio.upload(tiny_checkpoint, ckpt)
-    flags = ["--split", "val", "--limit", "6", "--steps", "3", "--num-samples", "2", "--workers", "2", "--batch-size", "4"]
-    code, out, err = run_cli(["--quiet", "infer", ckpt, "--input", s3_data, "--out", f"{bucket}/out/rec.npy", *flags],
-                             capsys)
-    assert code == 0 and f"{bucket}/out/rec.std.npy" in out, err
-    code, _, err = run_cli(["--quiet", "infer", str(tiny_checkpoint), "--input", str(tiny_data), "--out",
-                            str(tmp_path / "rec.npy"), *flags], capsys)
-    assert code == 0, err
-    got = fsio.download(f"{bucket}/out", tmp_path / "s3out")
-    for name in ("rec.npy", "rec.std.npy", "rec.samples.npy"):
-        assert np.array_equal(np.load(got / name), np.load(tmp_path / name)), name
-    assert json.loads((got / "rec.metrics.json").read_text()) == json.loads((tmp_path / "rec.metrics.json").read_text())
-    assert (got / "rec.grid.png").read_bytes()[:4] == b"\x89PNG"
+    ckpt, _ = infer_and_evaluate_equal_local(bucket, s3_data, tiny_checkpoint, tiny_data, tmp_path, capsys)
     # an array input on S3 (conditions with NaN where unknown) is fetched and reconstructed whole
     cond = np.load(tmp_path / "rec.npy")[:, 0]
     cond[:, ::2] = np.nan
@@ -157,24 +145,8 @@ def test_infer_and_evaluate_from_s3_to_s3_equal_the_local_runs(ray_session, tiny
     assert code == 0 and "6 rows" in out, err
     code, out, _ = run_cli(["serve", ckpt, "--print-config"], capsys)  # replicas load it from S3 too
     assert code == 0 and f"checkpoint: {ckpt}\n" in out, out
-    code, _, err = run_cli(["infer", ckpt, "--input", s3_data, "--out", f"{bucket}/out/rec.npy", *flags], capsys)
+    code, _, err = run_cli(["infer", ckpt, "--input", s3_data, "--out", f"{bucket}/out/rec.npy", *INFER_FLAGS], capsys)
     assert code == 2 and f"{bucket}/out/rec.npy exists; pass --overwrite" in err, err
-    # evaluate: checkpoint, data and --out on S3 give the local numbers
-    eflags = ["--limit", "4", "--steps", "3", "--num-samples", "2", "--degrade", "drop:0.8"]
-    code, _, err = run_cli(["--quiet", "evaluate", ckpt, "--data", s3_data, "--out", f"{bucket}/eval", *eflags], capsys)
-    assert code == 0, err
-    code, _, err = run_cli(["--quiet", "evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out",
-                            str(tmp_path / "eval"), *eflags], capsys)
-    assert code == 0, err
-    remote = json.loads(fsio.read_text(f"{bucket}/eval/evaluate.json"))
-    local = json.loads((tmp_path / "eval" / "evaluate.json").read_text())
-    assert fsio.is_file(f"{bucket}/eval/evaluate.png")
-    assert _without_seconds(remote["results"]) == _without_seconds(local["results"])
-
-
-def _without_seconds(results: dict) -> dict:
-    return {spec: {name: {k: v for k, v in row.items() if k != "seconds"} for name, row in rows.items()}
-            for spec, rows in results.items()}
 
 
 def test_tune_on_s3_interrupted_and_resumed_trains_like_local_disk(ray_session, tiny_data, s3_data, bucket, tmp_path):
