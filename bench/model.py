@@ -104,14 +104,17 @@ def peers(size: int = 32, target: float | None = None) -> dict[str, torch.nn.Mod
     return {f"{name} (dim {dim})": _peer(name, size, dim) for name, dim in peer_dims(size, target).items()}
 
 
+FULL = "cfgdiff full (control add + cross-attn)"  # the model the peers are matched to
+
+
 def cfgdiff_models(size: int) -> dict[str, torch.nn.Module]:
     """cfgdiff's model for the size (the ``small`` preset, which training picks by default; at 32x32 it is
     ModelConfig's default) with the product's conditioning (control add + cross-attention) and concat-only."""
     hw = (size, size)
     full = apply_preset(ModelConfig(image_size=hw), "small", hw)
     concat = dataclasses.replace(full, use_control_add=False, use_cross_attn=False)
-    return {"cfgdiff concat-only (small preset)": ConditionalUNet(concat),
-            "cfgdiff full (control add + cross-attn)": ConditionalUNet(full)}
+    return {"cfgdiff concat-only (small preset)": ConditionalUNet(concat), FULL: ConditionalUNet(full)}
+
 
 
 def _call(name: str, model, x, t, c, m):
@@ -146,8 +149,7 @@ def run(device: str = "cpu", batches=(32,), precisions=("fp32", "bf16"), with_pe
         channels_last: bool = True, size: int = 32) -> str:
     models = cfgdiff_models(size)
     if with_peers:
-        name, full = list(models.items())[1]
-        models.update(peers(size, forward_flops(name, full, size)))
+        models.update(peers(size, forward_flops(FULL, models[FULL], size)))
     peak = {"fp32": matmul_peak_gflops(torch.float32, device)}
     if "bf16" in precisions:
         peak["bf16"] = matmul_peak_gflops(torch.bfloat16, device)

@@ -18,7 +18,7 @@ from cfgdiff.sampling import sample
 from cfgdiff.schedule import NoiseSchedule
 
 from .common import table, timeit
-from .model import _peer, cfgdiff_models, forward_flops, peer_dims
+from .model import FULL, _peer, cfgdiff_models, forward_flops, peer_dims
 
 
 class _GuidedLucidrains(nn.Module):
@@ -55,8 +55,7 @@ def run(batch: int = 16, steps: int = 50, w: float = 2.0, precision: str = "fp32
                            **reps)
             rows.append({"sampler": f"{name}: DDIM-{steps}, batched CFG, {prec}", "img/s": batch / s})
     n_ours = len(rows)
-    full_name, full = list(ours.items())[1]
-    dims = peer_dims(size, forward_flops(full_name, full, size))
+    dims = peer_dims(size, forward_flops(FULL, ours[FULL], size))
     try:
         from denoising_diffusion_pytorch import GaussianDiffusion
 

@@ -169,19 +169,26 @@ def checkpoint_files(path: str | os.PathLike) -> dict[str, bytes]:
     return files
 
 
+def load_checkpoint_files(files: dict[str, bytes], origin: str | os.PathLike | None = None) -> Checkpoint:
+    """``load_checkpoint`` on the bytes of ``checkpoint_files`` (what actors and replicas receive), with the same
+    checks; errors and ``Checkpoint.path`` name ``origin`` (where the bytes came from) when it is given."""
+    with tempfile.TemporaryDirectory(prefix=".cfgdiff-ckpt-") as tmp:
+        for name, data in files.items():
+            Path(tmp, name).write_bytes(data)
+        try:
+            ck = load_checkpoint(tmp)
+        except CheckpointError as e:
+            raise CheckpointError(str(e).replace(tmp, str(origin).rstrip("/")) if origin else str(e)) from None
+    if origin is not None:
+        ck.path = origin
+    return ck
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load config and EMA weights; refuses anything that is not plain JSON + safetensors. ``path`` may be a URI
-    (s3://, gs://): its config and weights are fetched to a temporary folder and checked the same way."""
+    (s3://, gs://): its config and weights are fetched and checked the same way."""
     if fsio.is_uri(path):
-        with tempfile.TemporaryDirectory(prefix=".cfgdiff-ckpt-") as tmp:
-            for name, data in checkpoint_files(path).items():
-                Path(tmp, name).write_bytes(data)
-            try:
-                ck = load_checkpoint(tmp)
-            except CheckpointError as e:
-                raise CheckpointError(str(e).replace(tmp, str(path).rstrip("/"))) from None
-            ck.path = path
-            return ck
+        return load_checkpoint_files(checkpoint_files(path), origin=path)
     d = Path(path)
     if not (d / CONFIG).is_file():
         raise CheckpointError(f"{d}: not a cfgdiff checkpoint directory (expected {CONFIG} and {WEIGHTS})")

@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where it is native (engine.n
 METHODS = ("ddim", "ddpm", "dpm2m", "dpm2m-sde")  # samplers (cfgdiff.sampling); dpm2m = DPM-Solver++(2M)
 # The default sampler of infer, evaluate, serve and Python (#20): on the make-run model at <= 25 network calls,
 # DPM-Solver++(2M) 25 gives the widest samples and the best coverage at a posterior-mean MSE no worse than DDIM's
-# (bench/RESULTS.md, "Quality and calibration against network calls")
+# (bench/RESULTS.md, "The default sampler: DPM-Solver++(2M) at 25 calls")
 DEFAULT_METHOD, DEFAULT_STEPS = "dpm2m", 25
 
 

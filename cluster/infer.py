@@ -34,7 +34,7 @@ import torch
 
 from cfgdiff import fsio
 from cfgdiff.api import check_mask_channels, finalize, prepare_inputs, reconstruct_normalized
-from cfgdiff.checkpoint import checkpoint_files, load_checkpoint
+from cfgdiff.checkpoint import checkpoint_files, load_checkpoint_files
 from cfgdiff.config import SamplerConfig
 from cfgdiff.convert import ConvertOptions, convert
 from cfgdiff.data import META, DatasetMeta, as_numpy_batch, iter_parquet_batches, open_parquet, parquet_files
@@ -189,11 +189,8 @@ class Inpainter:
         self.model_batch, self.tile, self.overlap = model_batch, tile, overlap
 
     def _load(self, ckpt_files: dict[str, bytes]) -> None:
-        with tempfile.TemporaryDirectory(prefix="cfgdiff-ckpt-") as d:
-            for name, data in ckpt_files.items():
-                Path(d, name).write_bytes(data)
-            self.ckpt = load_checkpoint(d)
-            self.model = self.ckpt.build_model(self.device)
+        self.ckpt = load_checkpoint_files(ckpt_files)
+        self.model = self.ckpt.build_model(self.device)
         self.schedule = NoiseSchedule.from_config(self.ckpt.config.schedule).to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray] | pa.Table, ckpt_files_ref: list) -> dict[str, np.ndarray]:
@@ -271,25 +268,21 @@ def run_inference(job: InferJob, progress: Callable[[int, int], None] | None = N
     """Reconstruct every row of the input; returns a summary with metrics when targets are known.
 
     The checkpoint, the input and ``--out`` may be on object storage: remote array files are downloaded to a
-    temporary folder first (a checkpoint too, once), a remote dataset is read in place, and the outputs are written
-    locally and uploaded at the end (nothing is uploaded when the run fails)."""
+    temporary folder first, the checkpoint is read once (loaded here and sent to the actors), a remote dataset is
+    read in place, and the outputs are written locally and uploaded at the end (nothing is uploaded when the run
+    fails)."""
     for where, option in ((job.checkpoint, "CHECKPOINT"), (job.input, "--input"), (job.out, "--out")):
         fsio.check_storage(where, option)
     remote_out = fsio.is_uri(job.out)
     out = Path(job.out)
     tmp = Path(tempfile.mkdtemp(prefix=".cfgdiff-infer-", dir=None if remote_out or not out.parent.exists() else out.parent))
     try:
-        local, files, where = job, checkpoint_files(job.checkpoint), job.checkpoint  # read once: loaded, and sent
-        if fsio.is_uri(job.checkpoint):
-            where = tmp / "checkpoint"
-            where.mkdir()
-            for name, data in files.items():
-                (where / name).write_bytes(data)
+        local, files = job, checkpoint_files(job.checkpoint)  # read once: loaded here, and sent to the actors
         if remote_out:
             check_existing(job)  # nothing there yet, or --overwrite
             (tmp / "out").mkdir()
             local = replace(local, out=str(tmp / "out" / fsio.name(job.out)))
-        ckpt = load_checkpoint(where)
+        ckpt = load_checkpoint_files(files, origin=job.checkpoint)
         ckpt.build_model("cpu")  # weights vs config checked here, not inside an actor
         meta, split = _prepare_input(local, tmp)
         validate(local, meta, ckpt)

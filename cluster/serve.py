@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from starlette.responses import Response
 from cfgdiff import fsio
 from cfgdiff.api import Reconstructor
 from cfgdiff.batcher import Batcher
-from cfgdiff.checkpoint import checkpoint_files, load_checkpoint
+from cfgdiff.checkpoint import checkpoint_files, load_checkpoint, load_checkpoint_files
 from cfgdiff.errors import InputError
 from cfgdiff.serving import MAX_TIMEOUT_S, RequestError, decode_request, encode_answer, model_info, run_batch
 
@@ -52,11 +51,8 @@ class CfgdiffService:
                  batch_wait_timeout_s: float = 0.01, max_request_mb: float = 16.0, threads: int = 1,
                  request_timeout_s: float | None = None):
         torch.set_num_threads(threads)
-        with tempfile.TemporaryDirectory(prefix="cfgdiff-serve-") as d:
-            for name, data in ckpt_files.items():
-                Path(d, name).write_bytes(data)
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.rec = Reconstructor(load_checkpoint(d), device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.rec = Reconstructor(load_checkpoint_files(ckpt_files), device)
         self.route, self.max_bytes, self.timeout_s = route, int(max_request_mb * 2**20), request_timeout_s
         self.reconstruct_batch.set_max_batch_size(max_batch_size)
         self.reconstruct_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)

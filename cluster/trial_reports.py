@@ -14,9 +14,9 @@ training thread, and the two race (Ray 2.60, ``ray/train/_internal/session.py`` 
   put blocks forever and the trial hangs.
 
 A trainable that puts its report on that queue and returns at once shows both: through Ray's own path, 3 of 8
-such trials kept no result (each lost or hung until a time budget ended the search). Here the forwarding is done by the trial's own
-thread instead: ``fit()`` runs in a helper thread, its controller callback puts each report on a Ray queue,
-and the trial thread takes them off and calls ``tune.report`` itself, in order. It returns only after the
+such trials kept no result (each lost or hung until a time budget ended the search). Here the forwarding is done
+by the trial's own thread instead: ``fit()`` runs in a helper thread, its controller callback puts each report on
+a Ray queue, and the trial thread takes them off and calls ``tune.report`` itself, in order. It returns only after the
 helper thread has ended and the queue is empty, so the exit marker always comes after the last report.
 """
 
