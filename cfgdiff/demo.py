@@ -26,6 +26,13 @@ def grf_covariance(H: int, W: int, alpha: float = 4.0, k0: float = 1.0) -> np.nd
     return c[(iy[:, None] - iy[None, :]) % H, (ix[:, None] - ix[None, :]) % W]
 
 
+def grf_model(H: int, W: int, alpha: float = 4.0, k0: float = 1.0, mean: float = 0.0):
+    """The demo field as a ``kriging.StationaryGaussian``: its exact posterior at any size, without the (HW)^2 matrix."""
+    from .kriging import StationaryGaussian
+
+    return StationaryGaussian(_spectrum(H, W, alpha, k0), mean)
+
+
 def gaussian_random_fields(n: int, H: int = 32, W: int = 32, alpha: float = 4.0, k0: float = 1.0,
                            seed: int = 0) -> np.ndarray:
     """n fields (n, 1, H, W) float32, zero mean, unit variance, covariance ``grf_covariance``."""

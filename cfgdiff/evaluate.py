@@ -9,6 +9,7 @@ are in normalised target units, where the ratios are read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from contextlib import ExitStack
@@ -21,7 +22,7 @@ import torch
 from . import fsio
 from .config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS
 from .degrade import degrade_raw, operator_for, parse_spec
-from .demo import grf_covariance, kriging
+from .demo import grf_model
 from .errors import InputError
 from .lmmse import LinearGaussian, too_large
 from .metrics import (
@@ -39,7 +40,11 @@ from .metrics import (
     ssim,
 )
 from .normalize import Normalization
+from .seams import seam_report
+from .tiling import plan_tiling
 from .validate import check_targets
+
+logger = logging.getLogger(__name__)
 
 
 def score(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
@@ -129,14 +134,12 @@ def lmmse_reconstruct(lmmse: LinearGaussian, cond: np.ndarray, mask: np.ndarray,
 
 
 def kriging_raw(cond_raw: np.ndarray, mask: np.ndarray, demo: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Exact posterior mean and std (user units) for single-channel GRF demo data."""
-    size = demo["size"]
-    cov = grf_covariance(size, size, demo["alpha"], demo["k0"])
-    means, stds = np.zeros(cond_raw.shape, np.float64), np.zeros(cond_raw.shape, np.float64)
-    for i in range(cond_raw.shape[0]):
-        mu, sd = kriging(np.nan_to_num(cond_raw[i, 0]), mask[i, 0], cov, demo.get("mean", 0.0))
-        means[i, 0], stds[i, 0] = mu, sd
-    return means.astype(np.float32), stds.astype(np.float32)
+    """Exact posterior mean and std (user units) for single-channel GRF demo data of any size: the fields'
+    own H x W torus (``demo.grf_model``; the stationary structure keeps 128x128 to seconds per mask)."""
+    H, W = cond_raw.shape[-2:]
+    field = grf_model(H, W, demo["alpha"], demo["k0"], demo.get("mean", 0.0))
+    mu, sd = field.krige(np.nan_to_num(cond_raw[:, 0]), mask[:, 0])
+    return mu[:, None].astype(np.float32), sd[:, None].astype(np.float32)
 
 
 # --- cfgdiff evaluate ----------------------------------------------------------------------------
@@ -158,6 +161,8 @@ class EvalOptions:
     demo_meta: str | None = None  # demo.json of Gaussian-random-field data (auto-detected)
     device: str = "cpu"  # torch device of the model ("cuda" with --gpu)
     precision: str | None = None  # network precision (default: the checkpoint's sampler.precision)
+    tile: int | None = None  # fields larger than the training size: overlapping tile x tile windows (tiling.py)
+    overlap: int | None = None  # window overlap (default tile // 4)
     extra: dict = field(default_factory=dict)
 
 
@@ -206,11 +211,12 @@ def parse_sweep(item: str) -> tuple[str, int, tuple[int, int] | None]:
 
 
 def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None = None,
-                   progress=None, overwrite: bool = False, draw_panels=None) -> dict:
+                   progress=None, overwrite: bool = False, draw_panels=None, draw_seams=None) -> dict:
     """Score the model and classical baselines per degradation; Bayes optimum for GRF demo data.
 
     ``draw_panels(path, rows, columns, row_labels, kinds)`` draws evaluate.png with labels (the CLI passes
     ``cluster.plots.panel_grid``); without it, an unlabelled grid is written with the core's own PNG writer.
+    With ``opts.tile``, ``draw_seams(path, [(spec, maps)], seams)`` draws seams.png (``cluster.plots.seam_plot``).
 
     The checkpoint, ``data`` and ``out_dir`` may be URIs (s3://, gs://): a .npy is downloaded
     first, a dataset directory is read in place, and the outputs are written locally and uploaded when done."""
@@ -223,10 +229,10 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
         local_data = str(stack.enter_context(fsio.local_copy(data))) if str(data).endswith(".npy") else data
         local_out = stack.enter_context(fsio.staged(out_dir, last="evaluate.json"))
         return _evaluate(ckpt_path, local_data, opts, local_out and str(local_out), progress, draw_panels,
-                         names=(ckpt_path, data))
+                         draw_seams, names=(ckpt_path, data))
 
 
-def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None, progress, draw_panels,
+def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None, progress, draw_panels, draw_seams,
               names: tuple[str, str]) -> dict:
     from .api import load
     from .baselines import BASELINES, available
@@ -239,22 +245,31 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
     rec = load(ckpt_path, opts.device)
     norm, mc = rec.ckpt.normalization, rec.config.model
     target, demo = _targets(data, opts.split, opts.limit)
-    if tuple(target.shape[1:]) != (mc.in_channels, *mc.image_size):
-        raise InputError(f"--data {data}: targets are {target.shape[1:]}, the checkpoint expects "
-                         f"{(mc.in_channels, *mc.image_size)}")
+    if target.shape[1] != mc.in_channels:
+        raise InputError(f"--data {data}: targets have {target.shape[1]} channels, the checkpoint expects "
+                         f"{mc.in_channels}")
+    try:
+        tile, overlap, warnings = plan_tiling(target.shape[2:], mc.image_size, opts.tile, opts.overlap)
+    except InputError as e:
+        raise InputError(f"--data {data}: {e}") from None
+    for msg in warnings:
+        logger.warning(msg)
     if opts.demo_meta:
         demo = json.loads(Path(opts.demo_meta).read_text())
-    use_bayes = demo is not None and demo.get("kind") == "grf" and mc.in_channels == 1
+    H, W = target.shape[2:]
+    use_bayes = (demo is not None and demo.get("kind") == "grf" and mc.in_channels == 1
+                 and demo.get("size") in (None, H) and H == W)  # the demo's own torus, not a crop of it
     avail = available() if opts.baselines else {}
     lmmse, lmmse_why = fit_lmmse(data, len(target)) if opts.baselines else (None, None)
     w = rec.config.sampler.w if opts.w is None else opts.w
-    results, grids = {}, []
+    results, grids, seams, seam_maps = {}, [], {}, []
+    nz = lambda a: norm.target.normalize(torch.from_numpy(np.ascontiguousarray(a, np.float32))).numpy()
     for spec in opts.degrade:
         cond, mask = _degrade_raw(target, spec, norm, opts.seed)
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=opts.steps, w=w, num_samples=opts.num_samples, seed=opts.seed,
-                            precision=opts.precision,
-                            method=opts.method, eta=opts.eta, degrade_spec=spec)
+                            precision=opts.precision, method=opts.method, eta=opts.eta, degrade_spec=spec,
+                            tile=tile, overlap=overlap if tile else None)
         model_rows = score_rows(r.mean, target, mask, norm, r.std if opts.num_samples > 1 else None, opts.num_samples)
         rows = {"cfgdiff": {**mean_rows(model_rows),
                             "seconds": time.time() - t0, "model_calls": r.num_model_calls}}
@@ -287,6 +302,10 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
             if opts.num_samples > 1:
                 rows["cfgdiff"]["std_over_exact_std"] = float(r.std[miss].mean() / max(kr_std[miss].mean(), 1e-12))
                 rows["cfgdiff"]["std_over_exact_std_of_exact_samples"] = exact_sample_std_ratio(opts.num_samples)
+        if tile is not None:  # where the error sits relative to the window edges, beside the window-free optimum
+            seams[spec], maps = seam_report(nz(r.mean), nz(target), mask, tile, overlap,
+                                            nz(kr) if use_bayes and is_mask else None)
+            seam_maps.append((spec, maps))
         results[spec] = rows
         grids.append((spec, cond, mask, r, target))
         if progress:
@@ -299,7 +318,8 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
            "data_range": list(norm.target.data_range()),
            "results": results, "quality_vs_cost": sweep, "bayes_reference": use_bayes,
            "lmmse": {"rows": lmmse.rows, "shrinkage": lmmse.shrinkage} if lmmse is not None else None,
-           "mean_of_k_psnr_loss_db": mean_of_k_psnr_loss_db(opts.num_samples)}
+           "mean_of_k_psnr_loss_db": mean_of_k_psnr_loss_db(opts.num_samples),
+           "field": [int(H), int(W)], "tile": tile, "overlap": overlap if tile else None, "seams": seams or None}
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -313,6 +333,8 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
                                mean_fill_raw(cond[i:i + 1], mask[i:i + 1])[0], r.mean[i],
                                r.std[i] if opts.num_samples > 1 else None, tgt[i]])
                 labels.append(f"{spec}\nrow {i}")
+        if seam_maps and draw_seams is not None:
+            draw_seams(out / "seams.png", seam_maps, seams)
         if draw_panels is not None:
             draw_panels(out / "evaluate.png", panels, ["observed", "mean-fill", "cfgdiff mean",
                                                        f"cfgdiff std (K={opts.num_samples})", "target"],
@@ -334,7 +356,8 @@ def _sweep(rec, target, opts: EvalOptions, w: float, norm: Normalization) -> lis
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=steps, w=w, num_samples=1, seed=opts.seed, method=method,
                             precision=opts.precision,
-                            eta=1.0 if method == "ddpm" else 0.0, resample=resample, degrade_spec=opts.degrade[0])
+                            eta=1.0 if method == "ddpm" else 0.0, resample=resample, degrade_spec=opts.degrade[0],
+                            tile=opts.tile, overlap=opts.overlap)
         m = score(r.mean, target, mask, norm)
         rows.append({"sampler": item, "model_calls": r.num_model_calls, "psnr": m["psnr"], "ssim": m["ssim"],
                      "seconds": time.time() - t0})

@@ -68,7 +68,7 @@ def convert_cmd(ctx, target, condition, mask, sample_dim, degrade, out, layout, 
 @click.option("--size", type=int, default=32, show_default=True, help="Image side.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="npy", show_default=True,
-              help="npy: target.npy; nc, zarr, h5: fields and observed (80%% missing) files with coordinates; png, tif: "
+              help="npy: target.npy; nc, zarr, h5: fields and observed (80% missing) files with coordinates; png, tif: "
                    "images/ and masks/ folders (16-bit PNG or float TIFF).")
 @click.pass_context
 def demo_data_cmd(ctx, out, kind, n, size, seed, fmt):

@@ -36,8 +36,12 @@ from .common import storage_endpoint_option
 @click.option("--gpu", is_flag=True, help="Run the model on the first CUDA GPU.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Network precision (default: the checkpoint's sampler.precision).")
+@click.option("--tile", type=int, default=None,
+              help="Fields larger than the training size: denoise overlapping TILE x TILE windows (as infer --tile); "
+                   "adds the seam check and seams.png.")
+@click.option("--overlap", type=int, default=None, help="Window overlap with --tile (default: tile // 4).")
 def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, num_samples, sweep, no_baselines, out,
-                 overwrite, seed, gpu, precision):
+                 overwrite, seed, gpu, precision, tile, overlap):
     """Score reconstructions per degradation against classical baselines (mean-fill, linear
     interpolation, biharmonic, OpenCV Telea/Navier-Stokes), the best linear estimator (LMMSE with
     the covariance fitted on the training rows) and, for Gaussian-random-field demo data, the Bayes
@@ -55,14 +59,16 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
         raise InputError("--limit, --steps and --num-samples must be >= 1")
     opts = EvalOptions(degrade=tuple(specs) or EvalOptions().degrade, steps=steps, method=method, eta=eta, w=w,
                        num_samples=num_samples, limit=limit, split=split, seed=seed, sweep=tuple(sweep),
-                       baselines=not no_baselines, device="cuda" if gpu else "cpu", precision=precision)
-    from cluster.plots import panel_grid
+                       baselines=not no_baselines, device="cuda" if gpu else "cpu", precision=precision,
+                       tile=tile, overlap=overlap)
+    from cluster.plots import panel_grid, seam_plot
 
     doc = run_evaluation(checkpoint, data, opts, out, progress=lambda s: click.echo(f"scored {s}", err=True),
-                         draw_panels=panel_grid,
-                         overwrite=overwrite)
+                         draw_panels=panel_grid, draw_seams=seam_plot, overwrite=overwrite)
     sampler = f"{method.upper()} {steps} steps" + (f", eta {eta:g}" if method == "ddim" and eta else "")
-    click.echo(f"{doc['rows']} rows, {sampler}, w={doc['w']:g}, K={num_samples}; "
+    field = "x".join(map(str, doc["field"])) + (f" in {doc['tile']} px windows, overlap {doc['overlap']}"
+                                                if doc["tile"] else "")
+    click.echo(f"{doc['rows']} rows of {field}, {sampler}, w={doc['w']:g}, K={num_samples}; "
                f"metrics in {doc['units']}")
     head = f"{'degradation':<16} {'method':<26} {'PSNR':>7} {'SSIM':>6} {'MAE miss':>9} {'MSE/Bayes':>9} {'cover2s':>7}"
     click.echo(head)
@@ -87,6 +93,12 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
         if "coverage_2std_of_exact_samples" in c:
             click.echo(f"{spec:<16} {'coverage 2 std':<26} {c['coverage_2std']:7.3f}  "
                        f"(exact samples score {c['coverage_2std_of_exact_samples']:.3f} at K={doc['num_samples']})")
+    for spec, sm in (doc["seams"] or {}).items():
+        ref = sm.get("reference", {}).get("edge_over_rest")
+        ratio = sm["model"]["edge_over_rest"]
+        click.echo(f"{spec:<16} {'seams: edge/rest MSE':<26} " + (f"{ratio:7.3f}" if ratio is not None else "      -")
+                   + (f"  (Bayes optimum, no windows: {ref:.3f})" if ref is not None else "")
+                   + "  (1 px either side of the window edges against the other missing pixels)")
     if doc["lmmse"]:
         click.echo(f"LMMSE: mean and covariance fitted on {doc['lmmse']['rows']} training rows, shrinkage "
                    f"{doc['lmmse']['shrinkage']:g} towards the diagonal (chosen on held-out training rows)")
@@ -98,7 +110,7 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
         click.echo(f"sweep {r['sampler']:<16} {r['model_calls']:>5} model calls/image  PSNR {r['psnr']:.2f}  "
                    f"({r['seconds']:.1f} s)")
     if out:
-        click.echo(f"wrote {out}/evaluate.json and {out}/evaluate.png")
+        click.echo(f"wrote {out}/evaluate.json and {out}/evaluate.png" + (f" and {out}/seams.png" if doc["seams"] else ""))
 
 
 COMMANDS = [evaluate_cmd]

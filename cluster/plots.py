@@ -99,3 +99,42 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: str | os.Path
     if series:
         ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+def seam_plot(path: str | os.PathLike, maps: list[tuple[str, dict[str, np.ndarray]]], seams: dict) -> Path:
+    """One row per degradation: the model's per-pixel MSE map (and the reference's, when there is one) with the
+    interior window edges drawn, then the row and column means of each map against the edges (``cfgdiff.seams``)."""
+    n_c = 1 + max(len(m) for _, m in maps) + 2
+    fig, axes = plt.subplots(len(maps), n_c, figsize=(2.6 * n_c, 2.4 * len(maps) + 0.4), squeeze=False)
+    names = {"model": "cfgdiff", "reference": "Bayes optimum"}
+    for r, (spec, m) in enumerate(maps):
+        s = seams[spec]
+        vmax = max(float(np.nanmax(v)) for v in m.values()) or 1.0
+        axes[r][0].axis("off")
+        axes[r][0].text(0.0, 0.5, f"{spec}\ntile {s['tile']}, overlap {s['overlap']}\nedge/rest: "
+                        + ", ".join(f"{names[k]} {s[k]['edge_over_rest']:.3f}" for k in m
+                                    if s[k]["edge_over_rest"] is not None), fontsize=8, va="center")
+        for j, (key, E) in enumerate(m.items(), start=1):
+            ax = axes[r][j]
+            ax.imshow(E, cmap="magma", vmin=0.0, vmax=vmax)
+            for e in s["row_edges"]:
+                ax.axhline(e - 0.5, color="c", lw=0.5, alpha=0.6)
+            for e in s["col_edges"]:
+                ax.axvline(e - 0.5, color="c", lw=0.5, alpha=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{names[key]}: MSE per pixel", fontsize=8)
+        for j, (axis, edges) in enumerate((("row", s["row_edges"]), ("col", s["col_edges"])), start=n_c - 2):
+            ax = axes[r][j]
+            for key in m:
+                ax.plot(s[key][f"{axis}_mean_mse"], label=names[key], lw=1)
+            for e in edges:
+                ax.axvline(e - 0.5, color="c", lw=0.5, alpha=0.6)
+            ax.set_title(f"{axis} means (lines: window edges)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if r == 0 and j == n_c - 2:
+                ax.legend(fontsize=7)
+        for j in range(1 + len(m), n_c - 2):
+            axes[r][j].axis("off")
+    fig.tight_layout()
+    return _save(fig, path)

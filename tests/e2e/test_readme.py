@@ -180,6 +180,8 @@ def test_every_readme_block_runs(ray_session, tmp_path, monkeypatch, capsys):
     # "Large and odd-sized fields": --limit rows of 96x96 (128 in the README) reconstructed in 64x64 tiles (2 x 2)
     # by a model trained on 64x64 crops
     assert np.load("out/big.npy").shape == (4, 1, 96, 96)
+    big = json.loads(Path("runs/eval-big/evaluate.json").read_text())  # scored tiled against the Bayes optimum
+    assert big["field"] == [96, 96] and big["tile"] == 64 and big["bayes_reference"] and Path("runs/eval-big/seams.png").exists()
     # "Your files": reconstructions back in the source's form
     import xarray as xr
     from PIL import Image
