@@ -24,3 +24,24 @@ def fetch(where: str, local: str | os.PathLike) -> Path:
     """Copy the folder ``where`` into the local folder ``local`` (made if missing); a local ``where`` is
     returned as it is."""
     return fsio.download(where, local) if is_uri(where) else Path(where)
+
+
+def ray_storage(where: str) -> dict:
+    """``RunConfig``'s storage arguments for ``where``: a local path made absolute (Train workers chdir elsewhere), a
+    URI as it is. Ray opens a URI with pyarrow's ``FileSystem.from_uri``, which looks for real credentials; with a
+    GCS emulator (``STORAGE_EMULATOR_HOST``, as in the tests) Ray gets cfgdiff's anonymous filesystem for it
+    instead, and the path inside that filesystem."""
+    if not is_uri(where):
+        return {"storage_path": os.path.abspath(where)}
+    if where.startswith("gs://") and os.environ.get(fsio.GCS_EMULATOR_ENV):
+        fs, path = location(where)
+        return {"storage_path": path, "storage_filesystem": fs}
+    return {"storage_path": where.rstrip("/")}
+
+
+def as_uri(storage: str, path: str | None) -> str | None:
+    """A path Ray reports inside the filesystem of URI ``storage`` (a checkpoint's ``.path``: ``bucket/...``, no
+    scheme), as a URI that cfgdiff's commands can open; local paths and URIs are returned as they are."""
+    if path is None or is_uri(path) or not is_uri(storage):
+        return path
+    return storage.split("://", 1)[0] + "://" + path.lstrip("/")

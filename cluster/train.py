@@ -208,7 +208,7 @@ def build_trainer(job: TrainJob, cfg: ExperimentConfig, meta: DatasetMeta, board
         train_loop_per_worker, train_loop_config=lc,
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu, resources_per_worker=resources,
                                      placement_strategy=job.placement),
-        run_config=RunConfig(name=job.run_name, storage_path=os.path.abspath(job.storage) if local else job.storage,
+        run_config=RunConfig(name=job.run_name, **storage_io.ray_storage(job.storage),
                              failure_config=FailureConfig(max_failures=job.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              callbacks=job.callbacks or None,
@@ -324,6 +324,6 @@ def run_training(job: TrainJob) -> dict:
     summary["run_dir"] = run_paths(job)["run"]
     summary["tensorboard"] = run_paths(job)["tb"]
     summary["metrics"] = dict(result.metrics or {})
-    summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    summary["checkpoint"] = storage_io.as_uri(job.storage, result.checkpoint.path) if result.checkpoint else None
     summary["config"] = cfg
     return summary

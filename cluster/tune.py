@@ -28,6 +28,7 @@ from cfgdiff.config import ExperimentConfig
 from cfgdiff.errors import InputError
 from cfgdiff.progress import Progress
 
+from . import storage as storage_io
 from .plots import line_chart
 from .runtime import quiet_ray_logs
 from .train import TrainJob, run_training
@@ -108,7 +109,8 @@ def run_tune(job: TuneJob) -> dict:
     remote = fsio.is_uri(job.out_dir)
     out = job.out_dir.rstrip("/") if remote else str(Path(job.out_dir).absolute())
     exp_path = fsio.join(out, job.name)
-    if job.resume and not tune.Tuner.can_restore(exp_path):  # checked before --out is created (#16.19)
+    ray_fs = {k: v for k, v in storage_io.ray_storage(exp_path).items() if k == "storage_filesystem"}
+    if job.resume and not tune.Tuner.can_restore(exp_path, **ray_fs):  # checked before --out is created (#16.19)
         raise InputError(f"--resume: no interrupted search at {exp_path}")
     made_out = not remote and not os.path.exists(out)
     if not remote:
@@ -125,7 +127,8 @@ def run_tune(job: TuneJob) -> dict:
     total = len(job.p_grid) if job.p_grid is not None else job.num_samples
     progress = TuneProgress(total, job.metric, job.epochs)
     if job.resume:
-        tuner = tune.Tuner.restore(exp_path, trainable=resources, resume_unfinished=True, resume_errored=True,
+        tuner = tune.Tuner.restore(storage_io.ray_storage(exp_path)["storage_path"] if ray_fs else exp_path,
+                                   trainable=resources, **ray_fs, resume_unfinished=True, resume_errored=True,
                                    param_space=param_space)
     else:
         if fsio.exists(exp_path):
@@ -136,7 +139,7 @@ def run_tune(job: TuneJob) -> dict:
                                         max_concurrent_trials=job.max_concurrent,
                                         scheduler=ASHAScheduler(time_attr="training_iteration", max_t=job.epochs,
                                                                 grace_period=job.grace_period, reduction_factor=2)),
-            run_config=tune.RunConfig(name=job.name, storage_path=str(out), verbose=0, stop=job.stopper,
+            run_config=tune.RunConfig(name=job.name, **storage_io.ray_storage(out), verbose=0, stop=job.stopper,
                                       callbacks=[progress]))
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _interrupt_marker) if main else None
@@ -242,7 +245,7 @@ def _summarize(results, job: TuneJob, local: Path, target: str, mode: str, out: 
         rows.append({"trial": trial, "status": status, "p": r.config["p"], "best_w": m.get("best_w"),
                      "psnr": m.get("best_psnr"), "ssim": m.get("best_ssim"), "mae_missing": m.get("best_mae_missing"),
                      "val_loss": m.get("val_loss"), "steps": m.get("step"), "epochs": m.get("training_iteration"),
-                     "checkpoint": export if fsio.is_dir(export) else m.get("checkpoint_path"),
+                     "checkpoint": export if fsio.is_dir(export) else storage_io.as_uri(out, m.get("checkpoint_path")),
                      **{f"{job.metric}_w{w:g}": v for w, v in curve}})
     scored = [row for row in rows if row[job.metric] is not None]
     if not scored:

@@ -52,7 +52,43 @@ def s3_server():
 
 
 @pytest.fixture(scope="session")
-def ray_session(s3_server):
+def gcs_server():
+    """A real GCS JSON API (gcp-storage-emulator's server) on 127.0.0.1 for the session, with a bucket ``cfgdiff``.
+    It starts before Ray, so every Ray process finds it through the standard STORAGE_EMULATOR_HOST."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                               "--port", str(port), "--in-memory", "--default-bucket", "cfgdiff"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the GCS emulator did not start")
+            time.sleep(0.1)
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    yield "gs://cfgdiff"
+    server.terminate()
+    server.wait(10)
+    if saved is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = saved
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server, gcs_server):
     from cluster.runtime import start_ray, stop_ray
 
     # dashboard on: the tune tests need Train V2's placement-group cleaner (RAY_NOTES §0.2)

@@ -1,16 +1,11 @@
 """gs:// against a real GCS JSON API (#21.1): gcp-storage-emulator's server on 127.0.0.1, reached through the
 standard STORAGE_EMULATOR_HOST. convert to gs://, infer from gs:// to gs:// (checkpoint, data and outputs there)
-and evaluate on gs:// give what the same commands give on local disk. Ray Train and Tune storage on gs:// is not
-covered here: Ray resolves a gs:// storage path itself, with Google's default credentials, which an emulator
-cannot give (see the README's object-storage section)."""
+and evaluate on gs:// give what the same commands give on local disk, and so does Ray Train with its data and its
+storage on gs:// (then resumed from its gs:// checkpoint). Ray opens a gs:// storage path with Google's default
+credentials, which an emulator cannot give, so under STORAGE_EMULATOR_HOST cfgdiff hands Ray its own anonymous
+filesystem (``cluster.storage.ray_storage``)."""
 
 from __future__ import annotations
-
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -22,35 +17,10 @@ from .remote_runs import infer_and_evaluate_equal_local
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def gcs_bucket():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                               "--port", str(port), "--in-memory", "--default-bucket", "cfgdiff"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.1)
-    saved = os.environ.get(fsio.GCS_EMULATOR_ENV)
-    os.environ[fsio.GCS_EMULATOR_ENV] = f"http://127.0.0.1:{port}"
-    try:
-        yield "gs://cfgdiff"
-    finally:
-        server.terminate()
-        server.wait(10)
-        if saved is None:
-            os.environ.pop(fsio.GCS_EMULATOR_ENV, None)
-        else:
-            os.environ[fsio.GCS_EMULATOR_ENV] = saved
+@pytest.fixture
+def gcs_bucket(gcs_server):
+    """The session's GCS emulator (``tests/conftest.py``), started before Ray so that Ray's processes find it."""
+    return gcs_server
 
 
 def test_convert_infer_and_evaluate_on_gcs_equal_the_local_runs(ray_session, tiny_checkpoint, tiny_data, gcs_bucket,
@@ -68,3 +38,32 @@ def test_convert_infer_and_evaluate_on_gcs_equal_the_local_runs(ray_session, tin
     assert code == 2 and err.count("\n") == 1 and "gs://no-such-bucket/d" in err, err
 
     infer_and_evaluate_equal_local(b, f"{b}/data", tiny_checkpoint, tiny_data, tmp_path, capsys)
+
+
+def test_train_on_gcs_equals_the_local_run_and_resumes_from_gcs(ray_session, tiny_checkpoint, tiny_data, gcs_bucket,
+                                                                 tmp_path, capsys):
+    """The fixture's model (20 steps, local data and storage) trained again with the data and Train's storage on
+    gs://: the same weights bit for bit; then `--resume` reads its gs:// checkpoint and goes on to 24 steps."""
+    import torch
+    from safetensors.torch import load_file
+
+    from cluster.train import TrainJob, run_training
+
+    from .conftest import tiny_config
+
+    b = gcs_bucket
+    data = f"{b}/train-data"
+    code, _, err = run_cli(["--quiet", "convert", str(tiny_data.parent / "x.npy"), "--degrade", "drop:0.7",
+                            "--val-fraction", "0.1", "--seed", "0", "--out", data], capsys)
+    assert code == 0, err
+    cfg = tiny_config(tiny_data, "train.max_steps=20", "train.checkpoint_every=0")  # the fixture's run
+    s = run_training(TrainJob(data_dir=data, config=cfg, run_name="gsrun", storage=f"{b}/runs", workers=1))
+    assert s["step"] == 20 and s["export_dir"] == f"{b}/runs/gsrun/export" and s["checkpoint"].startswith(f"{b}/runs/gsrun/")
+    assert fsio.is_file(f"{b}/runs/gsrun/config.json") and fsio.is_dir(s["checkpoint"])
+    ref = load_file(f"{tiny_checkpoint}/model.safetensors")
+    got = load_file(str(fsio.download(f"{b}/runs/gsrun/export", tmp_path / "gs20") / "model.safetensors"))
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), "gs:// = local disk"
+    code, out, err = run_cli(["train", "--data", data, "--out", f"{b}/runs", "--resume", "gsrun", "--steps", "24"], capsys)
+    assert code == 0 and "done: 24 steps" in out, err
+    again = load_file(str(fsio.download(f"{b}/runs/gsrun/export", tmp_path / "gs24") / "model.safetensors"))
+    assert any(not torch.equal(again[k], got[k]) for k in got), "the resumed run trained on"
