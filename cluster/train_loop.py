@@ -190,6 +190,7 @@ def train_loop_per_worker(lc: dict) -> dict:
 
     timer = StepTimer()
     nonfinite = 0
+    pending = None  # a periodic checkpoint's (metrics, folder name), reported once the next batch arrives
     while step < max_steps:
         timer.start(device)
         skip, epoch_step = epoch_step, 0
@@ -198,6 +199,10 @@ def train_loop_per_worker(lc: dict) -> dict:
             if epoch_step < skip:  # resumed mid-epoch: these batches were trained on before the checkpoint
                 epoch_step += 1
                 continue
+            if pending is not None:  # the step was not the epoch's last: its periodic checkpoint stands alone
+                report(*pending)
+                pending = None
+                timer.start(device)
             epoch_step += 1
             b = decode_batch(raw, norm, device, where=lc.get("data_name", "dataset"))
             if tc.crop:  # before the degradation, so that targets-only data gets its masks drawn on the crop
@@ -235,11 +240,13 @@ def train_loop_per_worker(lc: dict) -> dict:
                     tb.scalars(last_metrics, step, "train/")
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < max_steps \
                     and not lc.get("report_epochs_only"):
-                report({"step": step, "epoch": epoch, **last_metrics}, f"step_{step:07d}")
+                # deferred to the next batch: when the epoch ends here instead, its validated checkpoint takes
+                # this step's name, and two reports of one folder make Ray's retention delete the live one
+                pending = ({"step": step, "epoch": epoch, **last_metrics}, f"step_{step:07d}")
             if step >= max_steps:
                 break
             timer.start(device)
-        epoch, epoch_step = epoch + 1, 0
+        epoch, epoch_step, pending = epoch + 1, 0, None  # the epoch's validated checkpoint replaces a pending one
         metrics = _validate(model, ema, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank,
                             device, tb, step, epoch)
         if board.board is not None:  # rank 0, which holds the reconstruction metrics

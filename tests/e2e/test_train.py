@@ -80,12 +80,15 @@ def test_two_workers_train_with_a_worker_killed_midway(ray_session, tiny_data, t
 def test_resume_continues_step_count_and_lr_schedule_exactly(ray_session, tiny_data, tmp_path):
     from ray.train.v2.api.exceptions import TrainingFailedError
 
-    cfg = tiny_config(tiny_data, "train.max_steps=30", "train.checkpoint_every=10", "train.warmup_steps=8")
+    # 18 steps per epoch: the periodic checkpoint at step 18 falls on an epoch's end, whose validated
+    # checkpoint takes its place (two reports into one folder made Ray's retention delete the live one)
+    cfg = tiny_config(tiny_data, "train.max_steps=30", "train.checkpoint_every=9", "train.keep_checkpoints=1",
+                      "train.warmup_steps=8")
     job = TrainJob(data_dir=str(tiny_data), config=cfg, run_name="res", storage=str(tmp_path), workers=1,
                    max_failures=0, fail_at_step=15)
     with pytest.raises(TrainingFailedError):
         run_training(job)
-    assert (tmp_path / "res" / "step_0000010").is_dir()
+    assert (tmp_path / "res" / "step_0000009").is_dir()
     # resume: same run name and storage; the fault marker exists, so no second failure
     s = run_training(TrainJob(data_dir=str(tiny_data), config=cfg, run_name="res", storage=str(tmp_path), workers=1))
     assert s["step"] == 30
@@ -101,7 +104,9 @@ def test_resume_continues_step_count_and_lr_schedule_exactly(ray_session, tiny_d
     for step in (20, 25, 30):
         assert math.isclose(lr[step], expected[step], rel_tol=1e-6), (step, lr[step], expected[step])
     # --resume res --steps 40: the cosine continues over the 40-step horizon (no climb past step 30)
-    longer = tiny_config(tiny_data, "train.max_steps=40", "train.checkpoint_every=10", "train.warmup_steps=8")
+    assert [p.name for p in (tmp_path / "res").glob("step_*")] == ["step_0000030"]
+    longer = tiny_config(tiny_data, "train.max_steps=40", "train.checkpoint_every=9", "train.keep_checkpoints=1",
+                         "train.warmup_steps=8")
     s = run_training(TrainJob(data_dir=str(tiny_data), config=longer, run_name="res", storage=str(tmp_path), workers=1))
     assert s["step"] == 40
     lr = _scalars(s["tensorboard"], "train/lr")
