@@ -44,9 +44,15 @@ def _profiles(E: np.ndarray, band: np.ndarray) -> dict:
     rest = E[~band & np.isfinite(E)]
     near = E[band & np.isfinite(E)]
     ratio = float(near.mean() / rest.mean()) if len(near) and len(rest) and rest.mean() > 0 else None
-    with np.errstate(all="ignore"):
-        return {"row_mean_mse": np.nanmean(E, axis=1).tolist(), "col_mean_mse": np.nanmean(E, axis=0).tolist(),
-                "edge_over_rest": ratio}
+    return {"row_mean_mse": _line_means(E, 1), "col_mean_mse": _line_means(E, 0), "edge_over_rest": ratio}
+
+
+def _line_means(E: np.ndarray, axis: int) -> list[float | None]:
+    """Mean over the pixels of each row (axis 1) or column (axis 0) that were ever missing; None for a line
+    with none (JSON has no NaN)."""
+    seen = np.isfinite(E)
+    total, count = np.where(seen, E, 0.0).sum(axis=axis), seen.sum(axis=axis)
+    return [float(t / c) if c else None for t, c in zip(total, count)]
 
 
 def seam_report(recon: np.ndarray, target: np.ndarray, mask: np.ndarray, tile: int, overlap: int,

@@ -3,6 +3,8 @@ seam figures of tiled reconstructions (``cfgdiff.seams``)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,10 @@ def test_window_edges_and_error_map():
     recon[1, 0, 1, 1] = 3.0
     E = error_map(recon, target, mask)
     assert E[0, 0] == 1.0 and E[1, 1] == 5.0 and np.isnan(E[2, 2])  # (1 + 9) / 2 over the two rows missing it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # lines never missing are None (JSON has no NaN), without a warning
+        doc, _ = seam_report(recon, target, mask, 2, 1)
+    assert doc["model"]["row_mean_mse"] == [1.0, 5.0, None, None] == doc["model"]["col_mean_mse"]
 
 
 def test_a_seam_shows_in_the_edge_ratio_and_not_in_a_seamless_reference():
