@@ -24,7 +24,8 @@ from .config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS
 from .degrade import degrade_raw, operator_for, parse_spec
 from .demo import grf_model
 from .errors import InputError
-from .lmmse import LinearGaussian, too_large
+from .lmmse import LinearGaussian
+from .lmmse_patch import PatchLinearGaussian, window_for
 from .metrics import (
     coverage,
     exact_sample_coverage,
@@ -94,43 +95,48 @@ def mean_fill_raw(cond_raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
 LMMSE_NAME = "LMMSE (fitted covariance)"
 
 
-def fit_lmmse(data: str, scored_rows: int = 0, chunk: int = 1024) -> tuple[LinearGaussian | None, str | None]:
+def fit_lmmse(data: str, scored_rows: int = 0, chunk: int = 1024
+              ) -> tuple[LinearGaussian | PatchLinearGaussian | None, str | None]:
     """The LMMSE baseline fitted on training rows, or (None, why not): a dataset directory's train split,
-    or a .npy's rows after the first ``scored_rows`` (which evaluate scores and the fit must not see)."""
+    or a .npy's rows after the first ``scored_rows`` (which evaluate scores and the fit must not see).
+    Fields above ``lmmse.MAX_DIM`` values, or with fewer training rows than values, get the patch-wise fit
+    (``lmmse_patch.window_for``)."""
     from .data import DatasetMeta, iter_parquet_batches
 
     if str(data).endswith(".npy"):
         x = np.load(data, mmap_mode="r")
         shape = (1, *x.shape[1:]) if x.ndim == 3 else tuple(x.shape[1:])
         batches = (np.asarray(x[i:i + chunk], np.float64).reshape(-1, *shape) for i in range(scored_rows, len(x), chunk))
-        source = f"rows {scored_rows}.. of {Path(data).name}"
+        source, n_rows = f"rows {scored_rows}.. of {Path(data).name}", max(len(x) - scored_rows, 0)
     else:
         meta = DatasetMeta.load(data)
         shape = tuple(meta.doc["shapes"]["target"])
         if meta.count("train") == 0:
             return None, "no training rows to fit the covariance on"
         batches = (b["target"] for b in iter_parquet_batches(meta.split_dir("train"), chunk, columns=["target"]))
-        source = "the train split"
-    if (why := too_large(shape)) is not None:
-        return None, why
+        source, n_rows = "the train split", meta.count("train")
+    side = window_for(shape, n_rows)
     try:
-        fit = LinearGaussian.fit(batches)
+        fit = LinearGaussian.fit(batches) if side is None else PatchLinearGaussian.fit(batches, shape, patch=side)
     except ValueError as e:
         return None, f"{e} ({source})"
     return fit, None
 
 
-def lmmse_reconstruct(lmmse: LinearGaussian, cond: np.ndarray, mask: np.ndarray, op=None
+def lmmse_reconstruct(lmmse: LinearGaussian | PatchLinearGaussian, cond: np.ndarray, mask: np.ndarray, op=None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """LMMSE mean and std: given the known pixels, or, with a linear ``op`` (``degrade.operator_for``,
-    e.g. super-resolution's pooling), given y = A x, with A built column by column from ``op.A``."""
-    if op is None:
-        return lmmse.predict(cond, mask)
-    d = int(np.prod(lmmse.shape))
-    basis = torch.eye(d, dtype=torch.float64).reshape(d, *lmmse.shape)
-    a = op.A(basis).reshape(d, -1).T.numpy()  # (M, D)
-    y = op.A(torch.from_numpy(np.asarray(cond, np.float64))).reshape(len(cond), -1).numpy()
-    return lmmse.predict_linear(y, a)
+    e.g. super-resolution's pooling), given y = op.A(cond)."""
+    return lmmse.predict(cond, mask) if op is None else lmmse.predict_op(cond, op)
+
+
+def _lmmse_doc(lmmse) -> dict | None:
+    if lmmse is None:
+        return None
+    doc = {"rows": lmmse.rows, "shrinkage": lmmse.shrinkage}
+    if isinstance(lmmse, PatchLinearGaussian):
+        doc.update(window=list(lmmse.window), overlap=lmmse.overlap)
+    return doc
 
 
 def kriging_raw(cond_raw: np.ndarray, mask: np.ndarray, demo: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -283,8 +289,11 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
                 rows[name] = {"skipped": why}
         op = operator_for(spec, torch.from_numpy(cond), torch.from_numpy(mask))
         if lmmse is not None and (is_mask or op is not None):
-            mu, sd = lmmse_reconstruct(lmmse, cond, mask, op)
-            rows[LMMSE_NAME] = mean_rows(score_rows(mu, target, mask, norm, sd))
+            try:
+                mu, sd = lmmse_reconstruct(lmmse, cond, mask, op)
+                rows[LMMSE_NAME] = mean_rows(score_rows(mu, target, mask, norm, sd))
+            except ValueError as e:  # a pooling grid the patch-wise windows do not align with
+                rows[LMMSE_NAME] = {"skipped": str(e)}
         elif lmmse_why is not None:
             rows[LMMSE_NAME] = {"skipped": lmmse_why}
         if use_bayes and is_mask:
@@ -317,7 +326,7 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
                     + " (hi - lo per channel); MAE/MSE in normalised units",
            "data_range": list(norm.target.data_range()),
            "results": results, "quality_vs_cost": sweep, "bayes_reference": use_bayes,
-           "lmmse": {"rows": lmmse.rows, "shrinkage": lmmse.shrinkage} if lmmse is not None else None,
+           "lmmse": _lmmse_doc(lmmse),
            "mean_of_k_psnr_loss_db": mean_of_k_psnr_loss_db(opts.num_samples),
            "field": [int(H), int(W)], "tile": tile, "overlap": overlap if tile else None, "seams": seams or None}
     if out_dir:

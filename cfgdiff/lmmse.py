@@ -18,7 +18,7 @@ use the same conditional with S_UK, S_KK replaced by S A^T, A S A^T (``predict_l
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,16 +28,14 @@ SHRINKAGES = (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 HOLDOUT_EVERY = 10  # every 10th streamed row chooses the shrinkage
 
 
-def too_large(shape: tuple[int, ...]) -> str | None:
-    """Why LMMSE cannot run on (C, H, W) fields, or None."""
+def operator_matrix(op, shape: tuple[int, ...]) -> np.ndarray:
+    """The (M, D) matrix of the linear map ``op.A`` on flattened fields of ``shape``."""
     d = int(np.prod(shape))
-    if d > MAX_DIM:
-        return (f"LMMSE needs the {d}x{d} covariance of C*H*W = {d} values (limit {MAX_DIM}, about 64x64x1); "
-                "patch-wise LMMSE is not implemented")
-    return None
+    basis = torch.eye(d, dtype=torch.float64).reshape(d, *shape)
+    return op.A(basis).reshape(d, -1).T.numpy()
 
 
-class _Moments:
+class Moments:
     """Streaming float64 mean and scatter about a fixed shift (the first row seen)."""
 
     def __init__(self):
@@ -54,8 +52,8 @@ class _Moments:
         self.s1 += d.sum(0)
         self.s2 += d.T @ d
 
-    def merged(self, other: _Moments) -> _Moments:
-        out = _Moments()
+    def merged(self, other: Moments) -> Moments:
+        out = Moments()
         out.n, out.shift = self.n + other.n, self.shift
         delta = other.shift - self.shift  # re-centre the other's sums on this shift
         out.s1 = self.s1 + other.s1 + other.n * delta
@@ -81,13 +79,18 @@ def shrink(cov: np.ndarray, lam: float) -> np.ndarray:
     return (1.0 - lam) * cov + lam * np.diag(np.diag(cov))
 
 
-def _nll(cov: np.ndarray, second: np.ndarray) -> float:
-    """Mean Gaussian negative log-likelihood (up to constants) of rows with second moment ``second``."""
+def gaussian_nll(cov: np.ndarray, second: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """Mean Gaussian negative log-likelihood (up to constants) of rows with second moment ``second``
+    (about the mean). With the centred rows themselves (n < D), tr(S^-1 second) = |L^-1 R^T|_F^2 / n costs
+    a triangular solve instead of S^-1, 3x cheaper than the inverse at D = 4096."""
     try:
         L = torch.linalg.cholesky(torch.from_numpy(cov))
     except RuntimeError:  # not positive definite (too few rows for lambda = 0)
         return float("inf")
     logdet = 2.0 * torch.log(torch.diagonal(L)).sum()
+    if rows is not None:
+        z = torch.linalg.solve_triangular(L, torch.from_numpy(rows).T, upper=False)
+        return float(0.5 * (logdet + (z * z).sum() / len(rows)))
     inv = torch.cholesky_inverse(L)
     return float(0.5 * (logdet + (inv * torch.from_numpy(second)).sum()))
 
@@ -101,11 +104,12 @@ class LinearGaussian:
     shape: tuple[int, int, int]
     rows: int = 0  # rows the fit used (0: given, not fitted)
     shrinkage: float = 0.0
+    _precision: torch.Tensor | None = field(default=None, repr=False, compare=False)  # S^-1, when first needed
 
     @classmethod
     def fit(cls, batches: Iterable[np.ndarray], shrinkages: tuple[float, ...] = SHRINKAGES) -> LinearGaussian:
         """Stream (B, C, H, W) batches; choose the shrinkage on every ``HOLDOUT_EVERY``-th row."""
-        fit, hold, shape, seen = _Moments(), _Moments(), None, 0
+        fit, hold, shape, seen, kept = Moments(), Moments(), None, 0, []
         for b in batches:
             b = np.asarray(b, dtype=np.float64)
             if not np.isfinite(b).all():
@@ -115,13 +119,17 @@ class LinearGaussian:
             is_hold = (np.arange(seen, seen + len(b)) % HOLDOUT_EVERY) == HOLDOUT_EVERY - 1
             fit.add(flat[~is_hold])
             hold.add(flat[is_hold])
+            if kept is not None:  # the held-out rows themselves while fewer than D (see ``gaussian_nll``)
+                kept.append(flat[is_hold])
+                kept = kept if sum(map(len, kept)) < flat.shape[1] else None
             seen += len(b)
         if fit.n < 2 or hold.n < 1:
             raise ValueError(f"LMMSE fit needs at least {HOLDOUT_EVERY} training rows, got {seen}")
         mu, cov = fit.mean(), fit.cov()
         second = hold.second_moment_about(mu)
         jitter = 1e-10 * float(np.mean(np.diag(cov))) * np.eye(len(mu))
-        scores = [_nll(shrink(cov, lam) + jitter, second) for lam in shrinkages]
+        rows = np.concatenate(kept) - mu if kept is not None else None
+        scores = [gaussian_nll(shrink(cov, lam) + jitter, second, rows) for lam in shrinkages]
         lam = shrinkages[int(np.argmin(scores))]
         both = fit.merged(hold)
         return cls(both.mean(), shrink(both.cov(), lam), shape, rows=both.n, shrinkage=lam)
@@ -138,7 +146,6 @@ class LinearGaussian:
         x = np.nan_to_num(np.asarray(cond, dtype=np.float64)).reshape(n, -1)
         mean_out = np.where(known, x, self.mean)
         std_out = np.where(known, 0.0, np.sqrt(np.diag(self.cov)))
-        cov = torch.from_numpy(self.cov)
         _, first, inverse = np.unique(known, axis=0, return_index=True, return_inverse=True)
         for g, row in enumerate(first):
             k = known[row]
@@ -146,17 +153,37 @@ class LinearGaussian:
             rows = np.flatnonzero(inverse.reshape(-1) == g)
             if not k.any() or not u.any():
                 continue
-            ki, ui = torch.from_numpy(np.flatnonzero(k)), torch.from_numpy(np.flatnonzero(u))
-            s_kk = cov[ki][:, ki]
-            s_kk = s_kk + 1e-10 * s_kk.diagonal().mean() * torch.eye(len(ki), dtype=torch.float64)
-            L = torch.linalg.cholesky(s_kk)
-            a = torch.linalg.solve_triangular(L, cov[ki][:, ui], upper=False)  # L^-1 S_KU
             r = torch.from_numpy(x[np.ix_(rows, k)] - self.mean[k]).T  # (|K|, rows)
-            b = torch.linalg.solve_triangular(L, r, upper=False)
-            mean_out[np.ix_(rows, u)] = (self.mean[u][:, None] + (a.T @ b).numpy()).T
-            var = cov.diagonal()[ui] - (a * a).sum(0)
+            mu, var = self._conditional(torch.from_numpy(np.flatnonzero(k)), torch.from_numpy(np.flatnonzero(u)), r)
+            mean_out[np.ix_(rows, u)] = (self.mean[u][:, None] + mu.numpy()).T
             std_out[np.ix_(rows, u)] = np.sqrt(np.clip(var.numpy(), 0.0, None))[None, :]
         return mean_out.reshape(n, C, H, W).astype(np.float32), std_out.reshape(n, C, H, W).astype(np.float32)
+
+    def _conditional(self, ki: torch.Tensor, ui: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centred conditional mean (|U|, rows) and variance (|U|,) given centred known values r (|K|, rows).
+
+        Factors the smaller block: S_KK (covariance form) or Q_UU of the precision Q = S^-1, computed once
+        (Rue & Held 2005, Thm 2.5: mu_U = -Q_UU^-1 Q_UK r, Var_U = Q_UU^-1), as ``kriging`` does."""
+        cov = torch.from_numpy(self.cov)
+        eye = lambda m: torch.eye(m, dtype=torch.float64)
+        if len(ki) <= len(ui):
+            s_kk = cov[ki][:, ki]
+            L = torch.linalg.cholesky(s_kk + 1e-10 * s_kk.diagonal().mean() * eye(len(ki)))
+            a = torch.linalg.solve_triangular(L, cov[ki][:, ui], upper=False)  # L^-1 S_KU
+            b = torch.linalg.solve_triangular(L, r, upper=False)
+            return a.T @ b, cov.diagonal()[ui] - (a * a).sum(0)
+        if self._precision is None:
+            self._precision = torch.cholesky_inverse(torch.linalg.cholesky(cov + 1e-10 * cov.diagonal().mean() * eye(len(cov))))
+        q = self._precision
+        L = torch.linalg.cholesky(q[ui][:, ui])
+        Linv = torch.linalg.solve_triangular(L, eye(len(ui)), upper=False)
+        return -torch.cholesky_solve(q[ui][:, ki] @ r, L), (Linv * Linv).sum(0)
+
+    def predict_op(self, cond: np.ndarray, op) -> tuple[np.ndarray, np.ndarray]:
+        """Conditional mean and std given y = op.A(cond) (``degrade.operator_for``, e.g. super-resolution's
+        pooling), with the matrix A built column by column from ``op.A``."""
+        return self.predict_linear(op.A(torch.from_numpy(np.asarray(cond, np.float64))).reshape(len(cond), -1).numpy(),
+                                   operator_matrix(op, self.shape))
 
     def predict_linear(self, y: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Conditional mean and std (N, C, H, W) given exact linear observations y = A x, for y (N, M)

@@ -37,20 +37,22 @@ def ramp(tile: int, overlap: int) -> torch.Tensor:
     return torch.sin(0.5 * math.pi * edge.clamp(max=1.0)) ** 2
 
 
-def windows(H: int, W: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    return [(y, x) for y in tile_starts(H, tile, overlap) for x in tile_starts(W, tile, overlap)]
+def windows(H: int, W: int, tile: int | tuple[int, int], overlap: int) -> list[tuple[int, int]]:
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    return [(y, x) for y in tile_starts(H, th, overlap) for x in tile_starts(W, tw, overlap)]
 
 
-def blend_weights(H: int, W: int, tile: int, overlap: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """The windows and each one's normalised weights on its own window (n_windows, tile, tile): at every pixel
-    of the field, the weights of the windows covering it sum to one. Memory is n_windows x tile^2, not x H x W."""
-    wins = windows(H, W, tile, overlap)
-    r = ramp(tile, overlap)
-    w2 = r[:, None] * r[None, :]
+def blend_weights(H: int, W: int, tile: int | tuple[int, int], overlap: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The windows and each one's normalised weights on its own window (n_windows, th, tw): at every pixel of
+    the field, the weights of the windows covering it sum to one. Memory is n_windows x th x tw, not x H x W.
+    ``tile`` is a side or (th, tw)."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    wins = windows(H, W, (th, tw), overlap)
+    w2 = ramp(th, overlap)[:, None] * ramp(tw, overlap)[None, :]
     total = torch.zeros(H, W, dtype=torch.float64)
     for y, x in wins:
-        total[y:y + tile, x:x + tile] += w2
-    return wins, torch.stack([w2 / total[y:y + tile, x:x + tile] for y, x in wins])
+        total[y:y + th, x:x + tw] += w2
+    return wins, torch.stack([w2 / total[y:y + th, x:x + tw] for y, x in wins])
 
 
 class TiledDenoiser:

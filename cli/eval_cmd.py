@@ -99,9 +99,11 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
         click.echo(f"{spec:<16} {'seams: edge/rest MSE':<26} " + (f"{ratio:7.3f}" if ratio is not None else "      -")
                    + (f"  (Bayes optimum, no windows: {ref:.3f})" if ref is not None else "")
                    + "  (1 px either side of the window edges against the other missing pixels)")
-    if doc["lmmse"]:
-        click.echo(f"LMMSE: mean and covariance fitted on {doc['lmmse']['rows']} training rows, shrinkage "
-                   f"{doc['lmmse']['shrinkage']:g} towards the diagonal (chosen on held-out training rows)")
+    if (lm := doc["lmmse"]):
+        where = (f"{lm['rows']} windows of {lm['window'][0]}x{lm['window'][1]} (overlap {lm['overlap']}, fused per pixel; "
+                 "the fields are too large for one covariance)" if "window" in lm else f"{lm['rows']} training rows")
+        click.echo(f"LMMSE: mean and covariance fitted on {where}, shrinkage {lm['shrinkage']:g} towards the diagonal "
+                   "(chosen on held-out training rows)")
     K = num_samples
     click.echo(f"mean of K={K} samples: at best {doc['mean_of_k_psnr_loss_db']:.2f} dB below the posterior mean "
                f"(MSE x (1 + 1/K)); K for a loss of 0.5 / 0.25 / 0.1 dB: "

@@ -74,7 +74,7 @@ def test_train_on_crops_then_infer_a_larger_field_in_tiles(ray_session, tmp_path
     # #19.6: evaluate the 96x96 validation fields tiled, against the exact Bayes optimum on their 96x96 torus
     (tmp_path / "demo.json").write_text(json.dumps({"kind": "grf", "size": 96, "alpha": 4.0, "k0": 1.0}))
     ev = ["evaluate", str(export), "--data", str(tmp_path / "ds"), "--limit", "3", "--steps", "2", "--num-samples", "2",
-          "--degrade", "drop:0.9", "--degrade", "half", "--no-baselines"]
+          "--degrade", "drop:0.9", "--degrade", "half"]
     code, _, err = run(ev, capsys)
     assert code == 2 and err.count("\n") == 1 and "fields are 96x96 but the model was trained on 64x64: pass --tile 64" in err
     code, out, err = run([*ev, "--tile", "64", "--overlap", "16", "--out", str(tmp_path / "ev")], capsys)
@@ -88,7 +88,11 @@ def test_train_on_crops_then_infer_a_larger_field_in_tiles(ray_session, tmp_path
         seams = doc["seams"][spec]
         assert seams["row_edges"] == seams["col_edges"] == [32, 64] and len(seams["model"]["row_mean_mse"]) == 96
         assert seams["model"]["edge_over_rest"] > 0 and seams["reference"]["edge_over_rest"] > 0
+        lm = rows["LMMSE (fitted covariance)"]  # 9216 values, ~19 training fields: fitted and solved in windows
+        assert lm["known_error"] == 0.0 and rows["kriging (Bayes optimum)"]["mse_missing"] <= lm["mse_missing"] < 1.0
+    assert doc["lmmse"]["window"] == [16, 16] and doc["lmmse"]["rows"] % 64 == 0 < doc["lmmse"]["rows"]  # 8x8 windows a field
     assert "96x96 in 64 px windows, overlap 16" in out and "seams: edge/rest MSE" in out
+    assert "windows of 16x16 (overlap 4" in out
     assert (tmp_path / "ev" / "seams.png").stat().st_size > 0
 
 
