@@ -1,7 +1,7 @@
 """gs:// against a real GCS JSON API (#21.1): gcp-storage-emulator's server on 127.0.0.1, reached through the
 standard STORAGE_EMULATOR_HOST. convert to gs://, infer from gs:// to gs:// (checkpoint, data and outputs there)
 and evaluate on gs:// give what the same commands give on local disk, and so does Ray Train with its data and its
-storage on gs:// (then resumed from its gs:// checkpoint). Ray opens a gs:// storage path with Google's default
+storage on gs:// (then resumed from its gs:// checkpoint); Ray Tune keeps its search on gs://. Ray opens a gs:// storage path with Google's default
 credentials, which an emulator cannot give, so under STORAGE_EMULATOR_HOST cfgdiff hands Ray its own anonymous
 filesystem (``cluster.storage.ray_storage``)."""
 
@@ -67,3 +67,28 @@ def test_train_on_gcs_equals_the_local_run_and_resumes_from_gcs(ray_session, tin
     assert code == 0 and "done: 24 steps" in out, err
     again = load_file(str(fsio.download(f"{b}/runs/gsrun/export", tmp_path / "gs24") / "model.safetensors"))
     assert any(not torch.equal(again[k], got[k]) for k in got), "the resumed run trained on"
+
+
+def test_tune_on_gcs_keeps_the_search_and_its_trials_there(ray_session, tiny_data, gcs_bucket, tmp_path, capsys):
+    """`tune` with its data and --out on gs://: Tune's experiment state (RunConfig(storage_path=gs://...)), the
+    trial's Train run, the table and best.json are all on the emulator, and the best checkpoint loads from there.
+    (That a trial equals the `train` run with its p is asserted on S3, through the same code.)"""
+    from cfgdiff.api import load
+    from cluster.tune import TuneJob, run_tune
+
+    from .conftest import tiny_config
+
+    b = gcs_bucket
+    data = f"{b}/tune-data"
+    code, _, err = run_cli(["--quiet", "convert", str(tiny_data.parent / "x.npy"), "--degrade", "drop:0.7",
+                            "--val-fraction", "0.1", "--seed", "0", "--out", data], capsys)
+    assert code == 0, err
+    out = f"{b}/tune"
+    s = run_tune(TuneJob(data_dir=data, config=tiny_config(tiny_data, "train.max_steps=6"), out_dir=out,
+                         p_grid=(0.2,), w_grid=(0.0, 1.0), epochs=1))
+    assert [r["status"] for r in s["rows"]] == ["completed"], s["rows"]
+    best = s["best"]["checkpoint"]
+    assert best.startswith(f"{out}/trials/") and fsio.is_file(f"{out}/trials.csv") and fsio.is_file(f"{out}/best.json")
+    assert fsio.is_dir(f"{out}/cfgdiff-tune"), "Tune's experiment state is kept on gs://"
+    rec = load(str(fsio.download(best, tmp_path / "best")))
+    assert rec.config.train.p_uncond == 0.2
