@@ -101,7 +101,8 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
                    + "  (1 px either side of the window edges against the other missing pixels)")
     if (lm := doc["lmmse"]):
         where = (f"{lm['rows']} windows of {lm['window'][0]}x{lm['window'][1]} (overlap {lm['overlap']}, fused per pixel; "
-                 "the fields are too large for one covariance)" if "window" in lm else f"{lm['rows']} training rows")
+                 "one covariance of whole fields would be too large or have fewer rows than values)"
+                 if "window" in lm else f"{lm['rows']} training rows")
         click.echo(f"LMMSE: mean and covariance fitted on {where}, shrinkage {lm['shrinkage']:g} towards the diagonal "
                    "(chosen on held-out training rows)")
     K = num_samples

@@ -1,9 +1,9 @@
 """gs:// against a real GCS JSON API (#21.1): gcp-storage-emulator's server on 127.0.0.1, reached through the
 standard STORAGE_EMULATOR_HOST. convert to gs://, infer from gs:// to gs:// (checkpoint, data and outputs there)
 and evaluate on gs:// give what the same commands give on local disk, and so does Ray Train with its data and its
-storage on gs:// (then resumed from its gs:// checkpoint); Ray Tune keeps its search on gs://. Ray opens a gs:// storage path with Google's default
-credentials, which an emulator cannot give, so under STORAGE_EMULATOR_HOST cfgdiff hands Ray its own anonymous
-filesystem (``cluster.storage.ray_storage``)."""
+storage on gs:// (then resumed from its gs:// checkpoint); Ray Tune keeps its search on gs://. Ray opens a gs://
+storage path with Google's default credentials, which an emulator cannot give, so under STORAGE_EMULATOR_HOST
+cfgdiff hands Ray its own anonymous filesystem (``cluster.storage.ray_storage``)."""
 
 from __future__ import annotations
 
