@@ -35,7 +35,7 @@ def operator_matrix(op, shape: tuple[int, ...]) -> np.ndarray:
     return op.A(basis).reshape(d, -1).T.numpy()
 
 
-class Moments:
+class _Moments:
     """Streaming float64 mean and scatter about a fixed shift (the first row seen)."""
 
     def __init__(self):
@@ -52,8 +52,8 @@ class Moments:
         self.s1 += d.sum(0)
         self.s2 += d.T @ d
 
-    def merged(self, other: Moments) -> Moments:
-        out = Moments()
+    def merged(self, other: _Moments) -> _Moments:
+        out = _Moments()
         out.n, out.shift = self.n + other.n, self.shift
         delta = other.shift - self.shift  # re-centre the other's sums on this shift
         out.s1 = self.s1 + other.s1 + other.n * delta
@@ -79,7 +79,7 @@ def shrink(cov: np.ndarray, lam: float) -> np.ndarray:
     return (1.0 - lam) * cov + lam * np.diag(np.diag(cov))
 
 
-def gaussian_nll(cov: np.ndarray, second: np.ndarray, rows: np.ndarray | None = None) -> float:
+def _nll(cov: np.ndarray, second: np.ndarray, rows: np.ndarray | None = None) -> float:
     """Mean Gaussian negative log-likelihood (up to constants) of rows with second moment ``second``
     (about the mean). With the centred rows themselves (n < D), tr(S^-1 second) = |L^-1 R^T|_F^2 / n costs
     a triangular solve instead of S^-1, 3x cheaper than the inverse at D = 4096."""
@@ -109,7 +109,7 @@ class LinearGaussian:
     @classmethod
     def fit(cls, batches: Iterable[np.ndarray], shrinkages: tuple[float, ...] = SHRINKAGES) -> LinearGaussian:
         """Stream (B, C, H, W) batches; choose the shrinkage on every ``HOLDOUT_EVERY``-th row."""
-        fit, hold, shape, seen, kept = Moments(), Moments(), None, 0, []
+        fit, hold, shape, seen, kept = _Moments(), _Moments(), None, 0, []
         for b in batches:
             b = np.asarray(b, dtype=np.float64)
             if not np.isfinite(b).all():
@@ -119,7 +119,7 @@ class LinearGaussian:
             is_hold = (np.arange(seen, seen + len(b)) % HOLDOUT_EVERY) == HOLDOUT_EVERY - 1
             fit.add(flat[~is_hold])
             hold.add(flat[is_hold])
-            if kept is not None:  # the held-out rows themselves while fewer than D (see ``gaussian_nll``)
+            if kept is not None:  # the held-out rows themselves while fewer than D (see ``_nll``)
                 kept.append(flat[is_hold])
                 kept = kept if sum(map(len, kept)) < flat.shape[1] else None
             seen += len(b)
@@ -129,7 +129,7 @@ class LinearGaussian:
         second = hold.second_moment_about(mu)
         jitter = 1e-10 * float(np.mean(np.diag(cov))) * np.eye(len(mu))
         rows = np.concatenate(kept) - mu if kept is not None else None
-        scores = [gaussian_nll(shrink(cov, lam) + jitter, second, rows) for lam in shrinkages]
+        scores = [_nll(shrink(cov, lam) + jitter, second, rows) for lam in shrinkages]
         lam = shrinkages[int(np.argmin(scores))]
         both = fit.merged(hold)
         return cls(both.mean(), shrink(both.cov(), lam), shape, rows=both.n, shrinkage=lam)

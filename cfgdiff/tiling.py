@@ -37,8 +37,12 @@ def ramp(tile: int, overlap: int) -> torch.Tensor:
     return torch.sin(0.5 * math.pi * edge.clamp(max=1.0)) ** 2
 
 
+def _sides(tile: int | tuple[int, int]) -> tuple[int, int]:
+    return (tile, tile) if isinstance(tile, int) else tuple(tile)
+
+
 def windows(H: int, W: int, tile: int | tuple[int, int], overlap: int) -> list[tuple[int, int]]:
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    th, tw = _sides(tile)
     return [(y, x) for y in tile_starts(H, th, overlap) for x in tile_starts(W, tw, overlap)]
 
 
@@ -46,7 +50,7 @@ def blend_weights(H: int, W: int, tile: int | tuple[int, int], overlap: int) -> 
     """The windows and each one's normalised weights on its own window (n_windows, th, tw): at every pixel of
     the field, the weights of the windows covering it sum to one. Memory is n_windows x th x tw, not x H x W.
     ``tile`` is a side or (th, tw)."""
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    th, tw = _sides(tile)
     wins = windows(H, W, (th, tw), overlap)
     w2 = ramp(th, overlap)[:, None] * ramp(tw, overlap)[None, :]
     total = torch.zeros(H, W, dtype=torch.float64)
