@@ -1,5 +1,6 @@
 """Other cluster shapes: two raylets on one machine (ray.cluster_utils.Cluster) with workers on both
-nodes, and a `ray start --head` cluster that runs `cfgdiff train` through `ray job submit`.
+nodes, and a `ray start --head` cluster that runs `cfgdiff train` through `ray job submit` and serves a driver
+started elsewhere, which names the object store only on its own command line.
 
 Runs last (file name) because it replaces the session's single-node Ray with its own clusters.
 """
@@ -16,7 +17,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from cluster.runtime import start_ray, stop_ray
+from cfgdiff import fsio
+from cluster.runtime import STORAGE_ENV, start_ray, stop_ray
 from cluster.train import TrainJob, run_training
 
 from .conftest import TINY_MODEL, TINY_TRAIN, tiny_config
@@ -47,12 +49,15 @@ def test_workers_on_both_nodes(two_nodes, tiny_data, tmp_path):
     assert {r["node_id"] for r in ranks} == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_node(ray_session):
-    """A `ray start --head` cluster with the job server on loopback (the session Ray is stopped first)."""
+    """A `ray start --head` cluster with the job server on loopback (the session Ray is stopped first). Its
+    processes hold the S3 credentials (a node's own, as on a cloud instance) but not where the object store is:
+    no endpoint variable reaches them but what a driver forwards."""
     stop_ray(ray_session)
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    env = {**{k: v for k, v in os.environ.items() if k not in STORAGE_ENV and k != "RAY_ADDRESS"},
+           "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run([str(bin_dir / "ray"), "start", "--head", "--num-cpus", "4", "--port", "6390",
                     "--dashboard-host", "127.0.0.1", "--dashboard-port", "8275", "--disable-usage-stats"],
@@ -71,3 +76,28 @@ def test_ray_job_submit_runs_cfgdiff_train(head_node, tiny_data, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, out[-2000:]
     assert "done: 6 steps" in out and (tmp_path / "job" / "export" / "model.safetensors").exists()
+
+
+def test_a_driver_elsewhere_forwards_storage_endpoint_to_the_clusters_workers(head_node, s3_server, tiny_data):
+    """`cfgdiff train|infer --ray-address HEAD --storage-endpoint URL` from a driver whose environment names no
+    endpoint either: the URL reaches the cluster's workers (a job runtime_env), which read the s3:// data, write
+    the s3:// checkpoints and export, and write the s3:// reconstructions."""
+    env, _ = head_node
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(endpoint_override=s3_server.removeprefix("http://"), scheme="http",
+                      allow_bucket_creation=True).create_dir("elsewhere")
+    fsio.upload(tiny_data, "s3://elsewhere/ds")
+    sets = [a for kv in TINY_MODEL + TINY_TRAIN + ["train.checkpoint_every=0"] for a in ("--set", kv)]
+    remote = ["--ray-address", "127.0.0.1:6390", "--storage-endpoint", s3_server]
+    outs = []
+    for args in (["train", "--data", "s3://elsewhere/ds", "--out", "s3://elsewhere/runs", "--name", "far", "--steps", "4",
+                  *sets],
+                 ["infer", "s3://elsewhere/runs/far/export", "--input", "s3://elsewhere/ds", "--limit", "4", "--steps", "2",
+                  "--workers", "2", "--out", "s3://elsewhere/out/recon.npy"]):
+        r = subprocess.run([sys.executable, "-m", "cli.main", *args, *remote], env=env, timeout=300, capture_output=True,
+                           text=True, cwd=Path(__file__).resolve().parents[2])
+        assert r.returncode == 0, f"{args[0]}: {(r.stdout + r.stderr)[-2000:]}"
+        outs.append(r.stdout)
+    assert "done: 4 steps" in outs[0], outs[0][-2000:]
+    assert fsio.is_file("s3://elsewhere/runs/far/export/model.safetensors") and fsio.is_file("s3://elsewhere/out/recon.npy")

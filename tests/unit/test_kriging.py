@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cfgdiff.demo import gaussian_random_fields, grf_covariance, grf_model, kriging
+from cfgdiff.kriging import canonical_shift
 from cfgdiff.seams import error_map, seam_report, window_edges
 
 
@@ -30,6 +31,50 @@ def test_stationary_kriging_is_the_dense_posterior_on_a_non_square_torus(known_f
         np.testing.assert_allclose(sd[i], s_ref, atol=1e-7)
     k = mask.astype(bool)
     assert np.array_equal(mu[k], x[k]) and (sd[k] == 0).all() and (sd[~k] > 0).all()
+
+
+def test_a_mask_and_its_translates_roll_to_one_canonical_mask():
+    rng = np.random.default_rng(3)
+    box = np.ones((12, 10), bool)
+    box[2:7, 3:6] = False
+    band = np.ones((12, 10), bool)
+    band[:, :5] = False  # a half: invariant under vertical shifts
+    for m in (box, band, rng.uniform(size=(12, 10)) < 0.3, rng.uniform(size=(12, 10)) < 0.9):
+        canon = np.roll(m, [-s for s in canonical_shift(m)], axis=(0, 1))
+        for t in ((0, 1), (5, 7), (11, 9), (6, 0)):
+            mt = np.roll(m, t, axis=(0, 1))
+            assert np.array_equal(np.roll(mt, [-s for s in canonical_shift(mt)], axis=(0, 1)), canon), t
+
+
+@pytest.mark.parametrize("H,W", [(12, 10), (10, 10)])
+def test_rows_whose_masks_are_translates_share_one_factorisation_and_keep_the_exact_posterior(H, W):
+    """Random boxes of one size (some wrapping around the torus's edge) and halves: one factorisation per kind,
+    each row still the dense closed form, known pixels returned bit for bit. On the square torus the isotropic
+    field's law is also symmetric under transposition, so top and bottom halves join left and right."""
+    x = gaussian_random_fields(6, H, W, seed=4)[:, 0]
+    box = np.ones((H, W), np.uint8)
+    box[3:8, 2:6] = 0
+    left = np.ones((H, W), np.uint8)
+    left[:, W // 2:] = 0
+    boxes = [np.roll(box, t, axis=(0, 1)) for t in [(0, 0), (4, 1), (9, 8), (2, 5), (H - 1, 3), (7, W - 1)]]
+    halves = [np.roll(left, t, axis=(0, 1)) for t in [(0, 0), (0, W // 2), (3, W // 2), (0, 0)]]
+    if H == W:
+        halves += [left.T, np.roll(left.T, H // 2, axis=0)]  # top and bottom
+    cov = grf_covariance(H, W)
+    for masks in (boxes, halves):
+        mask = np.stack(masks)
+        field = grf_model(H, W)
+        calls = []
+        factor = field._posterior
+        field._posterior = lambda xk, k: calls.append(k.sum()) or factor(xk, k)
+        mu, sd = field.krige(x[:len(mask)], mask)
+        assert len(calls) == 1
+        for i in range(len(mask)):
+            m_ref, s_ref = kriging(x[i], mask[i], cov)
+            np.testing.assert_allclose(mu[i], m_ref, atol=1e-7)
+            np.testing.assert_allclose(sd[i], s_ref, atol=1e-7)
+        k = mask.astype(bool)
+        assert np.array_equal(mu[k], x[:len(mask)][k]) and (sd[k] == 0).all()
 
 
 def test_stationary_kriging_scores_the_bayes_mse_it_predicts():
