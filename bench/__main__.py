@@ -18,7 +18,8 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", default=["all"],
                    choices=["all", "sampler", "model", "data", "scaling", "startup", "gap", "peers-sampling",
-                            "precision", "presets", "memory", "tiling", "formats", "serve", "calibration", "kriging", "lmmse"])
+                            "precision", "presets", "memory", "tiling", "formats", "serve", "calibration", "kriging", "lmmse",
+                            "antithetic"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: both for model, fp32 else")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads (CPU)")
@@ -98,6 +99,11 @@ def main() -> None:
             from . import lmmse
 
             title, body = "Patch-wise LMMSE at 64 and 128 px against full LMMSE and the Bayes optimum", lmmse.run()
+        elif w == "antithetic":
+            from . import antithetic
+
+            title = "Antithetic noise pairs for the posterior mean (#18.3)"
+            body = antithetic.run(a.checkpoint, a.data, tuple(a.masks), a.limit, a.num_samples)
         elif w == "kriging":
             from . import kriging
 

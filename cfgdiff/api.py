@@ -134,6 +134,8 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
         model = TiledDenoiser(model, tile, overlap)
     N, _, H, W = cond.shape
     K = num_samples
+    if sampler.antithetic and K % 2:
+        raise InputError(f"antithetic pairs need an even number of samples per row, got {K}")
     rep = lambda t: t.repeat_interleave(K, dim=0) if t is not None else None
     idx = [int(i) * K + k for i in index for k in range(K)]
     if not isinstance(seed, (int, np.integer)):
@@ -143,12 +145,31 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
     res = sample(model, c, m, schedule=schedule, shape=(N * K, in_channels, H, W), known=kn,
                  operator=op, method=sampler.method, steps=sampler.steps, eta=sampler.eta, w=sampler.w,
                  resample=sampler.resample, seed=seed, sample_index=idx, clip_x0=sampler.clip_x0, clip_range=clip_range,
-                 prediction=prediction, project=kn is not None, progress=progress)
+                 prediction=prediction, project=kn is not None, progress=progress, antithetic=sampler.antithetic)
     return res.x0.view(N, K, in_channels, H, W), res.num_model_calls
 
 
-def finalize(samples_n: torch.Tensor, norm: Normalization, cond_raw: np.ndarray, mask: torch.Tensor
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_std(x: torch.Tensor, antithetic: bool = False) -> torch.Tensor:
+    """Per-pixel posterior std from K samples (N, K, ...) along dim 1.
+
+    Independent samples: the unbiased (ddof=1) estimate. Antithetic pairs (samples 2j, 2j+1): the samples are
+    not independent, so with m the mean, E[(1/K) sum (x_k - m)^2] = sigma^2 - Var(m), and Var(m) is estimated
+    without bias from the K/2 pair means (their ddof=1 variance over K/2); with one pair it cannot be, and the
+    estimate is low by Var(m), which the pairing makes small."""
+    K = x.shape[1]
+    if K < 2:
+        return torch.zeros_like(x[:, 0])
+    if not antithetic:
+        return x.std(1, unbiased=True)
+    var = (x - x.mean(1, keepdim=True)).pow(2).mean(1)
+    if K >= 4:
+        pairs = (x[:, 0::2] + x[:, 1::2]) / 2
+        var = var + pairs.var(1, unbiased=True) / (K // 2)
+    return var.sqrt()
+
+
+def finalize(samples_n: torch.Tensor, norm: Normalization, cond_raw: np.ndarray, mask: torch.Tensor,
+             antithetic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalised (N, K, C, H, W) -> user units; known pixels set to the observation exactly."""
     N, K, C, H, W = samples_n.shape
     x = norm.target.denormalize(samples_n.reshape(N * K, C, H, W)).view(N, K, C, H, W)
@@ -157,7 +178,7 @@ def finalize(samples_n: torch.Tensor, norm: Normalization, cond_raw: np.ndarray,
         obs = torch.tensor(np.asarray(cond_raw, dtype=np.float32)).unsqueeze(1).expand_as(x)
         x = torch.where(keep, obs, x)
     mean = x.mean(1)
-    std = x.std(1, unbiased=True) if K > 1 else torch.zeros_like(mean)
+    std = sample_std(x, antithetic)
     if cond_raw.shape[1] == C:  # a mean of K equal floats is not always that float: restore exactly
         mean = torch.where(keep[:, 0], obs[:, 0], mean)
         std = torch.where(keep[:, 0], torch.zeros_like(std), std)
@@ -182,12 +203,14 @@ class Reconstructor:
                     eta: float | None = None, resample: tuple[int, int] | None = None,
                     degrade_spec: str | None = None, batch_size: int = 64, model_batch: int = 8,
                     precision: str | None = None, tile: int | None = None,
-                    overlap: int | None = None) -> Reconstruction:
+                    overlap: int | None = None, antithetic: bool | None = None) -> Reconstruction:
         """Reconstruct from ``cond`` (N[, C_c], H, W), NaN = unknown, and optional ``mask`` (1 = known), (N, H, W)
         or (N, 1, H, W) per pixel, or (N, C, H, W) per channel for a model trained on per-channel masks.
 
         Fields of another size than the training size need ``tile``: the network then denoises overlapping
         tile x tile windows (``overlap`` pixels, default tile // 4) fused at every step (``cfgdiff.tiling``).
+        ``antithetic``: the K samples of a row come in pairs drawn with opposite noise (K even); the mean of K
+        is then closer to the model's posterior mean than K independent samples' (bench/RESULTS.md, "Antithetic").
         """
         mc = self.ckpt.config.model
         cond_raw = as_nchw(cond, mc.cond_channels, "cond")
@@ -208,7 +231,8 @@ class Reconstructor:
             raise InputError(f"model_batch must be an integer >= 0 (0 = whole batch), got {model_batch!r}")
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise InputError(f"steps must be an integer >= 1, or None for the checkpoint's default; got {steps!r}")
-        s = self.sampler_config(steps=steps, w=w, method=method, eta=eta, resample=resample, precision=precision)
+        s = self.sampler_config(steps=steps, w=w, method=method, eta=eta, resample=resample, precision=precision,
+                                antithetic=antithetic)
         return self.run_rows(cond_raw, mask_a, s, num_samples=num_samples, seeds=[seed] * len(cond_raw),
                              index=range(len(cond_raw)), degrade_spec=degrade_spec, batch_size=batch_size,
                              model_batch=model_batch, tile=tile, overlap=overlap)
@@ -235,7 +259,7 @@ class Reconstructor:
                                               degrade_spec=degrade_spec, model_batch=model_batch, tile=tile,
                                               overlap=overlap, clip_range=self.ckpt.normalization.target.clip_bounds())
             outs.append(x.cpu())
-        samples, mean, std = finalize(torch.cat(outs), self.ckpt.normalization, cond_raw, mask_t)
+        samples, mean, std = finalize(torch.cat(outs), self.ckpt.normalization, cond_raw, mask_t, s.antithetic)
         return Reconstruction(samples, mean, std, calls)
 
 

@@ -56,6 +56,8 @@ from .common import Progress, fmt_metrics, int_pair, ray_options, renamed, stora
               help="Network precision: bf16 autocast; auto = bf16 on GPUs and CPUs with AVX512-BF16/AMX, fp32 "
                    "elsewhere (default: the checkpoint's sampler.precision).")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="K samples per row (mean and std maps).")
+@click.option("--antithetic", is_flag=True, help="Draw the K samples in pairs with opposite noise (K even): a "
+              "closer mean for the same K.")
 @click.option("--tile", type=int, default=None, help="Denoise overlapping TILE x TILE windows, fused at every step: "
               "for fields larger than the training size (any size >= TILE).")
 @click.option("--overlap", type=int, default=None, help="Window overlap in pixels with --tile [default: TILE // 4].")
@@ -65,7 +67,7 @@ from .common import Progress, fmt_metrics, int_pair, ray_options, renamed, stora
 @click.pass_context
 def infer_cmd(ctx, checkpoint, input_, out, mask, sample_dim, degrade, split, ray_address, num_cpus, dashboard, actors, gpu,
               gpus_per_actor, threads_per_actor, limit, batch_size, model_batch, method, steps, eta, w, resample,
-              precision, num_samples, tile, overlap, seed, from_tune, overwrite):
+              precision, num_samples, antithetic, tile, overlap, seed, from_tune, overwrite):
     """Reconstruct a batch of observations in parallel on Ray actors (CHECKPOINT or --from-tune)."""
     from cluster.infer import InferJob, run_inference
     from cluster.runtime import start_ray, stop_ray
@@ -85,9 +87,11 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, sample_dim, degrade, split, ra
         sampler = SamplerConfig(method=method or s.method, steps=s.steps if steps is None else steps,
                                 eta=s.eta if eta is None else eta,
                                 w=s.w if w is None else w, resample=int_pair(resample, "--resample", "10,3") or s.resample,
-                                clip_x0=s.clip_x0, precision=precision or s.precision)
+                                clip_x0=s.clip_x0, precision=precision or s.precision, antithetic=antithetic)
     except ValueError as e:
         raise InputError(str(e).replace("sampler.", "--")) from None
+    if antithetic and num_samples % 2:
+        raise InputError(f"--antithetic: samples come in pairs; --num-samples must be even, got {num_samples}")
     if sampler.steps > ck.config.schedule.num_timesteps:
         raise InputError(f"--steps {sampler.steps} exceeds the schedule's T={ck.config.schedule.num_timesteps}")
     job = InferJob(checkpoint=checkpoint, input=input_, out=out, mask=mask, sample_dim=sample_dim, degrade=degrade,

@@ -212,7 +212,7 @@ class Inpainter:
                                           degrade_spec=self.degrade, model_batch=self.model_batch,
                                           tile=self.tile, overlap=self.overlap,
                                           clip_range=norm.target.clip_bounds())
-        samples, mean, std = finalize(x.cpu(), norm, cond_raw, mask_t)
+        samples, mean, std = finalize(x.cpu(), norm, cond_raw, mask_t, self.sampler.antithetic)
         out = {"index": batch["index"], "reconstruction": mean if self.K > 1 else samples[:, 0],
                "model_calls": np.full(len(mean), calls, np.int64)}
         if self.K > 1:

@@ -62,7 +62,8 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
            resample: tuple[int, int] | None = None, seed: int | Sequence[int] = 0,
            sample_index: Sequence[int] | None = None, generator: torch.Generator | None = None, clip_x0: bool = True,
            clip_range: tuple[torch.Tensor | float, torch.Tensor | float] = (-1.0, 1.0), prediction: str | None = None,
-           project: bool = True, progress: Callable[[int, int], None] | None = None) -> SampleResult:
+           project: bool = True, progress: Callable[[int, int], None] | None = None,
+           antithetic: bool = False) -> SampleResult:
     """Draw x0 ~ p_theta(x0 | cond) with CFG, projecting ``known`` pixels where mask = 1.
 
     Shapes: cond (B, C_c, H, W), mask (B, 1, H, W) or per channel (B, C, H, W) with 1 = known (the network
@@ -72,7 +73,8 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
     made consistent (``Consistency``). With ``clip_x0`` the x0 predictions are clamped to ``clip_range``
     (floats or (1, C, 1, 1) tensors: the data range). ``eta`` is DDIM's. ``method`` names a solver in
     ``SOLVERS``; ``resample=(j, r)`` adds RePaint's jumps to its moves. Noise: sample i draws from the
-    stream of (seed, sample_index[i]) (``NoiseSource``), or batch-wise from ``generator``.
+    stream of (seed, sample_index[i]) (``NoiseSource``), or batch-wise from ``generator``; with ``antithetic``
+    the samples of indices 2j and 2j+1 are an antithetic pair (the second draws the first's noise negated).
     """
     if known is None and project:
         known = cond
@@ -86,7 +88,7 @@ def sample(model: Callable, cond: torch.Tensor, mask: torch.Tensor, *, schedule:
     x0_hooks = ([ClipX0(*clip_range, dev)] if clip_x0 else []) + ([Consistency(operator)] if operator is not None else [])
     denoiser = Denoiser(CFG(model, w), sched, cond, mask, prediction=prediction, x0_hooks=x0_hooks)
     points = Points.make(sched, steps, resample, dev)
-    noise = NoiseSource(shape, dev, seed=seed, sample_index=sample_index, generator=generator)
+    noise = NoiseSource(shape, dev, seed=seed, sample_index=sample_index, generator=generator, antithetic=antithetic)
     hooks = []
     if project:
         sqrt_ab = points.ab.sqrt().tolist()

@@ -7,7 +7,7 @@ import torch
 import cfgdiff
 from cfgdiff.checkpoint import _doc_sha256, load_checkpoint, load_training_state, save_checkpoint
 from cfgdiff.config import ExperimentConfig, ModelConfig
-from cfgdiff.errors import CheckpointError
+from cfgdiff.errors import CheckpointError, InputError
 from cfgdiff.normalize import ChannelAffine, Normalization
 from cfgdiff.unet import ConditionalUNet
 
@@ -130,6 +130,20 @@ def test_python_api_reconstruct_returns_user_units(tmp_path):
     assert np.all(out.std[:, 0][known] == 0) and np.mean(out.std[:, 0][~known] > 0) > 0.5
     again = rec.reconstruct(cond, steps=3, w=1.5, num_samples=2, seed=1, batch_size=2)
     assert np.array_equal(again.samples, out.samples), "batch size does not change the result"
+
+
+def test_antithetic_pairs_keep_the_even_samples_and_need_an_even_k(tmp_path):
+    """Samples 0 and 2 of a row draw the streams they draw without pairing (bit for bit); 1 and 3 their negation."""
+    _, path = _ckpt(tmp_path)
+    rec = cfgdiff.load(str(path))
+    cond = torch.full((2, 1, 8, 8), float("nan"))
+    cond[:, :, ::2, ::2] = 0.7
+    plain = rec.reconstruct(cond.numpy(), steps=3, num_samples=4, seed=1, method="dpm2m-sde")
+    anti = rec.reconstruct(cond.numpy(), steps=3, num_samples=4, seed=1, method="dpm2m-sde", antithetic=True)
+    assert (anti.samples[:, 0::2] == plain.samples[:, 0::2]).all() and not (anti.samples[:, 1::2] == plain.samples[:, 1::2]).all()
+    assert (anti.mean[:, :, ::2, ::2] == 0.7).all() and (anti.std[:, :, ::2, ::2] == 0).all()
+    with pytest.raises(InputError, match="even number of samples"):
+        rec.reconstruct(cond.numpy(), steps=3, num_samples=3, antithetic=True)
 
 
 def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close_to_fp32(tmp_path):
