@@ -146,6 +146,17 @@ def test_antithetic_pairs_keep_the_even_samples_and_need_an_even_k(tmp_path):
         rec.reconstruct(cond.numpy(), steps=3, num_samples=3, antithetic=True)
 
 
+def test_infer_antithetic_with_an_odd_k_is_one_line_before_ray(tmp_path, capsys):
+    from tests.helpers import run_cli
+
+    _, path = _ckpt(tmp_path)
+    code, _, err = run_cli(["infer", str(path), "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o.npy"),
+                            "--num-samples", "3", "--antithetic"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --antithetic: samples come in pairs; --num-samples must be even, got 3"], err
+    assert not (tmp_path / "o.npy").exists()
+
+
 def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close_to_fp32(tmp_path):
     import numpy as np
 
