@@ -107,7 +107,7 @@ class SamplerConfig:
     resample: tuple[int, int] | None = None  # RePaint (jump length j, resamplings r)
     clip_x0: bool = True  # clamp x0 predictions to [-1, 1] (min/max-normalised data)
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # network under bf16 autocast; auto: bf16 where native; sampler math fp32
-    antithetic: bool = False  # samples 2j, 2j+1 of a row draw opposite noise (K even, >= 4)
+    antithetic: bool = False  # samples 2j, 2j+1 of a row draw opposite noise (K even; std from the pairs at K >= 4)
 
     def __post_init__(self):
         import math

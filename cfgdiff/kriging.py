@@ -86,8 +86,8 @@ class StationaryGaussian:
     def krige(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and std of fields ``x`` (N, H, W) given their pixels where ``mask`` (N, H, W) is 1.
 
-        The mean equals x where known; the std is 0 there. Rows whose masks are equal up to a translation share
-        one factorisation (the module's docstring)."""
+        The mean equals x where known; the std is 0 there. Rows whose masks are equal up to a translation (or a
+        transposition, when the law is symmetric) share one factorisation (the module's docstring)."""
         shape = (len(x), self.H, self.W)
         x = np.asarray(x, np.float64)
         if x.size != len(x) * self.H * self.W:
