@@ -149,22 +149,36 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
     return res.x0.view(N, K, in_channels, H, W), res.num_model_calls
 
 
+def mean_variance(x: torch.Tensor, antithetic: bool = False) -> torch.Tensor | None:
+    """Unbiased per-pixel estimate of Var(mean of the K samples) from K samples (N, K, ...) along dim 1: the
+    Monte-Carlo noise the plain mean carries above the model's posterior mean. None where it cannot be estimated.
+
+    Independent samples: the ddof=1 variance over K. Antithetic pairs (samples 2j, 2j+1): the K/2 pair means are
+    independent and the mean of K is their mean, so it is their ddof=1 variance over K/2 (K >= 4; with one pair
+    there is no estimate)."""
+    K = x.shape[1]
+    if K < 2 or (antithetic and K < 4):
+        return None
+    if not antithetic:
+        return x.var(1, unbiased=True) / K
+    return ((x[:, 0::2] + x[:, 1::2]) / 2).var(1, unbiased=True) / (K // 2)
+
+
 def sample_std(x: torch.Tensor, antithetic: bool = False) -> torch.Tensor:
     """Per-pixel posterior std from K samples (N, K, ...) along dim 1.
 
     Independent samples: the unbiased (ddof=1) estimate. Antithetic pairs (samples 2j, 2j+1): the samples are
     not independent, so with m the mean, E[(1/K) sum (x_k - m)^2] = sigma^2 - Var(m), and Var(m) is estimated
-    without bias from the K/2 pair means (their ddof=1 variance over K/2); with one pair it cannot be, and the
-    estimate is low by Var(m), which the pairing makes small."""
+    without bias from the K/2 pair means (``mean_variance``); with one pair it cannot be, and the estimate is low
+    by Var(m), which the pairing makes small."""
     K = x.shape[1]
     if K < 2:
         return torch.zeros_like(x[:, 0])
     if not antithetic:
         return x.std(1, unbiased=True)
     var = (x - x.mean(1, keepdim=True)).pow(2).mean(1)
-    if K >= 4:
-        pairs = (x[:, 0::2] + x[:, 1::2]) / 2
-        var = var + pairs.var(1, unbiased=True) / (K // 2)
+    if (mv := mean_variance(x, antithetic=True)) is not None:
+        var = var + mv
     return var.sqrt()
 
 

@@ -49,9 +49,10 @@ logger = logging.getLogger(__name__)
 
 
 def score(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
-          std_raw: np.ndarray | None = None, num_samples: int = 1) -> dict[str, float]:
+          std_raw: np.ndarray | None = None, num_samples: int = 1, mean_var_raw: np.ndarray | None = None
+          ) -> dict[str, float]:
     """Mean metrics of (N, C, H, W) reconstructions in user units against targets (``score_rows`` averaged)."""
-    return mean_rows(score_rows(recon_raw, target_raw, mask, norm, std_raw, num_samples))
+    return mean_rows(score_rows(recon_raw, target_raw, mask, norm, std_raw, num_samples, mean_var_raw))
 
 
 def mean_rows(rows: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -60,12 +61,14 @@ def mean_rows(rows: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def score_rows(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, norm: Normalization,
-               std_raw: np.ndarray | None = None, num_samples: int = 1) -> dict[str, torch.Tensor]:
+               std_raw: np.ndarray | None = None, num_samples: int = 1, mean_var_raw: np.ndarray | None = None
+               ) -> dict[str, torch.Tensor]:
     """Per-row metrics, (N,) each: PSNR/SSIM in user units with the stored data range (hi - lo of the
     training data, per channel), errors in normalised units.
 
-    With the std of ``num_samples`` > 1 samples, ``mse_posterior_mean`` is the unbiased estimate of
-    the missing-pixel MSE of the model's posterior mean (``metrics.posterior_mean_mse``).
+    With ``std_raw`` of ``num_samples`` > 1 independent samples, or ``mean_var_raw`` (the estimated variance of
+    the mean of K samples in user units squared, ``api.mean_variance``: antithetic pairs), ``mse_posterior_mean``
+    is the unbiased estimate of the missing-pixel MSE of the model's posterior mean (``metrics.posterior_mean_mse``).
     """
     rec = norm.target.normalize(torch.from_numpy(np.ascontiguousarray(recon_raw, dtype=np.float32)))
     tgt = norm.target.normalize(torch.from_numpy(np.ascontiguousarray(target_raw, dtype=np.float32)))
@@ -77,12 +80,16 @@ def score_rows(recon_raw: np.ndarray, target_raw: np.ndarray, mask: np.ndarray, 
            "mse_missing": rmse_missing(rec, tgt, m).pow(2),
            "known_error": known_error(torch.from_numpy(np.ascontiguousarray(recon_raw, dtype=np.float32)),
                                       torch.from_numpy(np.ascontiguousarray(target_raw, dtype=np.float32)), m)}
+    scale = torch.tensor(norm.target.scale, dtype=torch.float32).view(1, -1, 1, 1)
     if std_raw is not None:
-        std_n = torch.from_numpy(np.ascontiguousarray(std_raw, dtype=np.float32)) / torch.tensor(
-            norm.target.scale, dtype=torch.float32).view(1, -1, 1, 1)
+        std_n = torch.from_numpy(np.ascontiguousarray(std_raw, dtype=np.float32)) / scale
         out["coverage_2std"] = coverage(rec, std_n, tgt, m)
-        if num_samples > 1:
-            out["mse_posterior_mean"] = posterior_mean_mse(rec, std_n, tgt, m, num_samples)
+    if mean_var_raw is not None:
+        mean_var = torch.from_numpy(np.ascontiguousarray(mean_var_raw, dtype=np.float32)) / scale.pow(2)
+    else:  # the std of K independent samples
+        mean_var = std_n.pow(2) / num_samples if std_raw is not None and num_samples > 1 else None
+    if mean_var is not None:
+        out["mse_posterior_mean"] = posterior_mean_mse(rec, mean_var, tgt, m)
     return out
 
 
@@ -157,6 +164,7 @@ class EvalOptions:
     steps: int = DEFAULT_STEPS  # sampler steps
     w: float | None = None  # guidance (default: the checkpoint's)
     num_samples: int = 4  # K samples per row: posterior mean and std
+    antithetic: bool = False  # the K samples in pairs with opposite noise (K even; api.mean_variance, sample_std)
     method: str = DEFAULT_METHOD  # a solver of config.METHODS
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic; DDPM ignores it)
     limit: int = 32  # rows of the test split
@@ -178,7 +186,7 @@ def _targets(data: str, split: str, limit: int) -> tuple[np.ndarray, dict | None
     p = data
     if str(data).endswith(".npy"):
         x = np.load(p, mmap_mode="r")
-        x = np.asarray(x[:limit], dtype=np.float32)
+        x = np.array(x[:limit], dtype=np.float32)  # a copy: the memory map is read-only
         x = x[:, None] if x.ndim == 3 else x
         check_targets(x, f"--data {p}")
         demo = Path(p).with_name("demo.json")
@@ -240,10 +248,12 @@ def run_evaluation(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | 
 
 def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None, progress, draw_panels, draw_seams,
               names: tuple[str, str]) -> dict:
-    from .api import load
+    from .api import load, mean_variance
     from .baselines import BASELINES, available
     from .viz import image_grid, write_png
 
+    if opts.antithetic and opts.num_samples % 2:
+        raise InputError(f"--antithetic: samples come in pairs; --num-samples must be even, got {opts.num_samples}")
     for s in opts.degrade:
         parse_spec(s)
     for item in opts.sweep:
@@ -275,12 +285,18 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
         t0 = time.time()
         r = rec.reconstruct(cond, mask, steps=opts.steps, w=w, num_samples=opts.num_samples, seed=opts.seed,
                             precision=opts.precision, method=opts.method, eta=opts.eta, degrade_spec=spec,
-                            tile=tile, overlap=overlap if tile else None)
-        model_rows = score_rows(r.mean, target, mask, norm, r.std if opts.num_samples > 1 else None, opts.num_samples)
+                            tile=tile, overlap=overlap if tile else None, antithetic=opts.antithetic)
+        K = opts.num_samples
+        if opts.antithetic:  # the mean's Monte-Carlo variance from the pair means (None with one pair)
+            mv = mean_variance(torch.from_numpy(r.samples), antithetic=True)
+            model_rows = score_rows(r.mean, target, mask, norm, r.std, mean_var_raw=None if mv is None else mv.numpy())
+        else:
+            model_rows = score_rows(r.mean, target, mask, norm, r.std if K > 1 else None, K)
         rows = {"cfgdiff": {**mean_rows(model_rows),
                             "seconds": time.time() - t0, "model_calls": r.num_model_calls}}
-        if opts.num_samples > 1:  # what exact posterior samples would score at this K (not 0.95: K is finite)
-            rows["cfgdiff"]["coverage_2std_of_exact_samples"] = exact_sample_coverage(opts.num_samples)
+        exact_refs = K > 1 and not opts.antithetic  # closed forms for K independent samples only
+        if exact_refs:  # what exact posterior samples would score at this K (not 0.95: K is finite)
+            rows["cfgdiff"]["coverage_2std_of_exact_samples"] = exact_sample_coverage(K)
         is_mask = bool(mask.any())
         for name, why in avail.items():
             if why is None and is_mask:
@@ -310,7 +326,8 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
             miss = mask.astype(bool).repeat(target.shape[1], 1) == 0
             if opts.num_samples > 1:
                 rows["cfgdiff"]["std_over_exact_std"] = float(r.std[miss].mean() / max(kr_std[miss].mean(), 1e-12))
-                rows["cfgdiff"]["std_over_exact_std_of_exact_samples"] = exact_sample_std_ratio(opts.num_samples)
+                if exact_refs:
+                    rows["cfgdiff"]["std_over_exact_std_of_exact_samples"] = exact_sample_std_ratio(K)
         if tile is not None:  # where the error sits relative to the window edges, beside the window-free optimum
             seams[spec], maps = seam_report(nz(r.mean), nz(target), mask, tile, overlap,
                                             nz(kr) if use_bayes and is_mask else None)
@@ -321,13 +338,13 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
             progress(spec)
     sweep = _sweep(rec, target, opts, w, norm) if opts.sweep else []
     doc = {"checkpoint": names[0], "data": names[1], "rows": int(len(target)), "w": w, "method": opts.method,
-           "eta": opts.eta, "steps": opts.steps, "num_samples": opts.num_samples,
+           "eta": opts.eta, "steps": opts.steps, "num_samples": opts.num_samples, "antithetic": opts.antithetic,
            "units": "PSNR/SSIM in data units with peak " + ", ".join(f"{r:.4g}" for r in norm.target.data_range())
                     + " (hi - lo per channel); MAE/MSE in normalised units",
            "data_range": list(norm.target.data_range()),
            "results": results, "quality_vs_cost": sweep, "bayes_reference": use_bayes,
            "lmmse": _lmmse_doc(lmmse),
-           "mean_of_k_psnr_loss_db": mean_of_k_psnr_loss_db(opts.num_samples),
+           "mean_of_k_psnr_loss_db": None if opts.antithetic else mean_of_k_psnr_loss_db(opts.num_samples),
            "field": [int(H), int(W)], "tile": tile, "overlap": overlap if tile else None, "seams": seams or None}
     if out_dir:
         out = Path(out_dir)

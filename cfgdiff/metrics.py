@@ -80,21 +80,19 @@ def rmse_missing(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torc
     return (((x.float() - ref.float()).pow(2) * m).flatten(1).sum(1) / m.flatten(1).sum(1)).sqrt()
 
 
-def posterior_mean_mse(mean: torch.Tensor, std: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor,
-                       num_samples: int) -> torch.Tensor:
-    """Unbiased estimate of the missing-pixel MSE of the model's *posterior mean* from K samples.
+def posterior_mean_mse(mean: torch.Tensor, mean_var: torch.Tensor, ref: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased estimate of the missing-pixel MSE of the model's *posterior mean* from the mean of K samples.
 
-    ``mean``/``std`` are the sample mean and unbiased (ddof=1) std of K samples. Since
-    E||mean_K - x||^2 = ||E[mean_K] - x||^2 + tr Var(sample) / K, and E[std^2] = Var(sample), the
-    K-sample noise is removed by subtracting mean(std^2) / K. (A perfect sampler's plain mean of K
-    would score (1 + 1/K) times the Bayes MSE on Gaussian data; this estimate scores 1.)
+    ``mean_var`` is an unbiased per-pixel estimate of Var(mean) over the sampling noise (``api.mean_variance``:
+    s^2 / K for K independent samples with ddof=1 variance s^2). Since E||mean - x||^2 = ||E[mean] - x||^2 +
+    tr Var(mean), the Monte-Carlo noise is removed by subtracting it. (A perfect sampler's plain mean of K
+    independent samples scores (1 + 1/K) times the Bayes MSE on Gaussian data; this estimate scores 1.)
     """
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be >= 2 to estimate the sample variance, got {num_samples}")
     m = _missing_weights(mean, mask)
     n = m.flatten(1).sum(1)
     mse = ((mean.float() - ref.float()).pow(2) * m).flatten(1).sum(1) / n
-    return mse - (std.float().pow(2) * m).flatten(1).sum(1) / n / num_samples
+    return mse - (mean_var.float() * m).flatten(1).sum(1) / n
 
 
 def ratio_of_means_ci(num: torch.Tensor, den: torch.Tensor, level: float = 0.95, n_boot: int = 2000,

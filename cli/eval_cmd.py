@@ -26,6 +26,8 @@ from .common import storage_endpoint_option
               help="DDIM stochasticity (0 = deterministic ODE).")
 @click.option("--w", type=float, default=None, help="Guidance weight (default: the checkpoint's).")
 @click.option("--num-samples", type=int, default=4, show_default=True, help="K samples: posterior mean, std, calibration.")
+@click.option("--antithetic", is_flag=True, help="Draw the K samples in pairs with opposite noise (K even), as "
+              "infer --antithetic: a posterior mean with less Monte-Carlo noise for the same K.")
 @click.option("--sweep", multiple=True, metavar="METHOD:STEPS[:rJ,R]",
               help="Quality against cost on the first degradation, e.g. --sweep ddim:10 --sweep ddpm:1000 --sweep ddim:25:r5,3.")
 @click.option("--no-baselines", is_flag=True, help="Skip the classical baselines and LMMSE.")
@@ -40,7 +42,7 @@ from .common import storage_endpoint_option
               help="Fields larger than the training size: denoise overlapping TILE x TILE windows (as infer --tile); "
                    "adds the seam check and seams.png.")
 @click.option("--overlap", type=int, default=None, help="Window overlap with --tile (default: tile // 4).")
-def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, num_samples, sweep, no_baselines, out,
+def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, num_samples, antithetic, sweep, no_baselines, out,
                  overwrite, seed, gpu, precision, tile, overlap):
     """Score reconstructions per degradation against classical baselines (mean-fill, linear
     interpolation, biharmonic, OpenCV Telea/Navier-Stokes), the best linear estimator (LMMSE with
@@ -58,7 +60,7 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
     if limit < 1 or steps < 1 or num_samples < 1:
         raise InputError("--limit, --steps and --num-samples must be >= 1")
     opts = EvalOptions(degrade=tuple(specs) or EvalOptions().degrade, steps=steps, method=method, eta=eta, w=w,
-                       num_samples=num_samples, limit=limit, split=split, seed=seed, sweep=tuple(sweep),
+                       num_samples=num_samples, antithetic=antithetic, limit=limit, split=split, seed=seed, sweep=tuple(sweep),
                        baselines=not no_baselines, device="cuda" if gpu else "cpu", precision=precision,
                        tile=tile, overlap=overlap)
     from cluster.plots import panel_grid, seam_plot
@@ -68,7 +70,8 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
     sampler = f"{method.upper()} {steps} steps" + (f", eta {eta:g}" if method == "ddim" and eta else "")
     field = "x".join(map(str, doc["field"])) + (f" in {doc['tile']} px windows, overlap {doc['overlap']}"
                                                 if doc["tile"] else "")
-    click.echo(f"{doc['rows']} rows of {field}, {sampler}, w={doc['w']:g}, K={num_samples}; "
+    pairs = " in antithetic pairs" if antithetic else ""
+    click.echo(f"{doc['rows']} rows of {field}, {sampler}, w={doc['w']:g}, K={num_samples}{pairs}; "
                f"metrics in {doc['units']}")
     head = f"{'degradation':<16} {'method':<26} {'PSNR':>7} {'SSIM':>6} {'MAE miss':>9} {'MSE/Bayes':>9} {'cover2s':>7}"
     click.echo(head)
@@ -86,10 +89,13 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
             ci = c.get("posterior_mean_mse_over_bayes_ci95")
             ci = f"  95% CI over fields [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             click.echo(f"{spec:<16} {'posterior mean MSE/Bayes':<26} {c['posterior_mean_mse_over_bayes']:7.3f}{ci}"
-                       "  (K-sample noise removed; the plain mean of K carries +1/K)")
+                       + ("  (K-sample noise removed, estimated from the pair means)" if antithetic else
+                          "  (K-sample noise removed; the plain mean of K carries +1/K)"))
         if "std_over_exact_std" in c:
+            ref = c.get("std_over_exact_std_of_exact_samples")
             click.echo(f"{spec:<16} {'sample std / exact std':<26} {c['std_over_exact_std']:7.3f}  "
-                       f"(exact samples score {c['std_over_exact_std_of_exact_samples']:.3f} at K={doc['num_samples']})")
+                       + (f"(exact samples score {ref:.3f} at K={doc['num_samples']})" if ref is not None else
+                          "(std estimated from the pairs)"))
         if "coverage_2std_of_exact_samples" in c:
             click.echo(f"{spec:<16} {'coverage 2 std':<26} {c['coverage_2std']:7.3f}  "
                        f"(exact samples score {c['coverage_2std_of_exact_samples']:.3f} at K={doc['num_samples']})")
@@ -106,7 +112,11 @@ def evaluate_cmd(checkpoint, data, specs, split, limit, steps, method, eta, w, n
         click.echo(f"LMMSE: mean and covariance fitted on {where}, shrinkage {lm['shrinkage']:g} towards the diagonal "
                    "(chosen on held-out training rows)")
     K = num_samples
-    click.echo(f"mean of K={K} samples: at best {doc['mean_of_k_psnr_loss_db']:.2f} dB below the posterior mean "
+    if doc["mean_of_k_psnr_loss_db"] is None:
+        click.echo(f"mean of K={K} samples in antithetic pairs: no closed form for its loss (independent samples lose "
+                   "10 log10(1 + 1/K) dB); scored against the posterior mean above")
+    else:
+        click.echo(f"mean of K={K} samples: at best {doc['mean_of_k_psnr_loss_db']:.2f} dB below the posterior mean "
                f"(MSE x (1 + 1/K)); K for a loss of 0.5 / 0.25 / 0.1 dB: "
                + " / ".join(str(samples_for_psnr_loss(d)) for d in (0.5, 0.25, 0.1)))
     for r in doc["quality_vs_cost"]:

@@ -1,6 +1,7 @@
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,6 +156,42 @@ def test_infer_antithetic_with_an_odd_k_is_one_line_before_ray(tmp_path, capsys)
     assert code == 2 and err.strip().splitlines() == [
         "error: --antithetic: samples come in pairs; --num-samples must be even, got 3"], err
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_evaluate_antithetic_scores_the_posterior_mean_from_the_pairs(tmp_path, capsys):
+    """evaluate --antithetic: the posterior-mean MSE removes the mean's Monte-Carlo variance estimated from the pair
+    means (api.mean_variance), and no closed form for independent samples is printed as its reference."""
+    from cfgdiff.api import mean_variance
+    from cfgdiff.demo import gaussian_random_fields
+    from cfgdiff.evaluate import _degrade_raw
+    from tests.helpers import run_cli
+
+    _, path = _ckpt(tmp_path)
+    np.save(tmp_path / "x.npy", gaussian_random_fields(6, 8, 8, seed=3))
+    (tmp_path / "demo.json").write_text(json.dumps({"kind": "grf", "size": 8, "alpha": 4.0, "k0": 1.0, "mean": 0.0}))
+    args = ["evaluate", str(path), "--data", str(tmp_path / "x.npy"), "--degrade", "half", "--limit", "6", "--steps",
+            "3", "--method", "dpm2m-sde", "--no-baselines", "--num-samples"]
+    code, out, err = run_cli([*args, "4", "--antithetic", "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0, err
+    assert "K=4 in antithetic pairs" in out and "estimated from the pair means" in out and "exact samples score" not in out
+    doc = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
+    c = doc["results"]["half"]["cfgdiff"]
+    assert doc["antithetic"] is True and doc["mean_of_k_psnr_loss_db"] is None
+    assert "coverage_2std_of_exact_samples" not in c and "std_over_exact_std_of_exact_samples" not in c
+    rec = cfgdiff.load(str(path))  # the same draw, scored by hand
+    target = np.load(tmp_path / "x.npy")
+    cond, mask = _degrade_raw(target, "half", rec.ckpt.normalization, 0)
+    r = rec.reconstruct(cond, mask, steps=3, num_samples=4, method="dpm2m-sde", antithetic=True)
+    scale = rec.ckpt.normalization.target.scale[0]
+    miss = np.broadcast_to(mask == 0, target.shape)
+    mv = mean_variance(torch.from_numpy(r.samples), antithetic=True).numpy() / scale ** 2
+    per_row = [(((r.mean[i] - target[i]) / scale) ** 2)[miss[i]].mean() - mv[i][miss[i]].mean() for i in range(6)]
+    assert c["mse_posterior_mean"] == pytest.approx(float(np.mean(per_row)), rel=1e-4)
+    assert c["mse_posterior_mean"] < c["mse_missing"]
+    code, _, err = run_cli([*args, "3", "--antithetic", "--out", str(tmp_path / "odd")], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --antithetic: samples come in pairs; --num-samples must be even, got 3"], err
+    assert not (tmp_path / "odd").exists()
 
 
 def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close_to_fp32(tmp_path):

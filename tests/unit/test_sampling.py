@@ -454,7 +454,7 @@ def test_antithetic_sample_std_is_unbiased_for_a_nonlinear_map(K):
     """Samples f(z), f(-z) of f(z) = z + 0.7 z^2: Var f(z) = 1 + 2 * 0.49 = 1.98. The pairs' mean keeps the even part
     0.7 z^2, so the plain spread around the mean is low by Var(mean) (1.98 - 0.98 / (K/2) at K = 4: 1.49);
     the estimator adds Var(mean) back from the pair means. Independent samples keep the ddof=1 estimate."""
-    from cfgdiff.api import sample_std
+    from cfgdiff.api import mean_variance, sample_std
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(200_000, K // 2, generator=g, dtype=torch.float64)
@@ -465,6 +465,13 @@ def test_antithetic_sample_std_is_unbiased_for_a_nonlinear_map(K):
     assert (x - x.mean(1, keepdim=True)).pow(2).mean(1).mean().item() < 1.98 - 0.9 / (K // 2)  # without the term
     y = f(torch.randn(200_000, K, generator=g, dtype=torch.float64))
     assert sample_std(y).pow(2).mean().item() == pytest.approx(1.98, rel=0.01)
+    # the variance of the mean of K (what evaluate removes from the plain mean's MSE): a pair mean is 0.7 z^2 + const,
+    # variance 0.98, so 0.98 / (K/2) from pairs, and 1.98 / K for independent samples; none from a single pair
+    mean_k = x.mean(1)
+    assert mean_variance(x, antithetic=True).mean().item() == pytest.approx(0.98 / (K // 2), rel=0.02)
+    assert mean_k.var().item() == pytest.approx(0.98 / (K // 2), rel=0.02)  # what it estimates, here by brute force
+    assert mean_variance(y).mean().item() == pytest.approx(1.98 / K, rel=0.01)
+    assert mean_variance(x[:, :2], antithetic=True) is None and mean_variance(y[:, :1]) is None
 
 
 def test_sde_2m_first_step_is_the_ddpm_posterior_step():
