@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import SamplerConfig
+from .config import SamplerConfig, check_antithetic
 from .degrade import operator_for
 from .engine import autocast, resolve_precision
 from .errors import InputError
@@ -134,8 +134,7 @@ def reconstruct_normalized(model, schedule: NoiseSchedule, cond: torch.Tensor, m
         model = TiledDenoiser(model, tile, overlap)
     N, _, H, W = cond.shape
     K = num_samples
-    if sampler.antithetic and K % 2:
-        raise InputError(f"antithetic pairs need an even number of samples per row, got {K}")
+    check_antithetic(sampler.antithetic, K)
     rep = lambda t: t.repeat_interleave(K, dim=0) if t is not None else None
     idx = [int(i) * K + k for i in index for k in range(K)]
     if not isinstance(seed, (int, np.integer)):

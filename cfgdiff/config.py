@@ -27,6 +27,13 @@ METHODS = ("ddim", "ddpm", "dpm2m", "dpm2m-sde")  # samplers (cfgdiff.sampling);
 DEFAULT_METHOD, DEFAULT_STEPS = "dpm2m", 25
 
 
+def check_antithetic(antithetic: bool, num_samples: int) -> None:
+    """Antithetic samples come in pairs (2j, 2j+1), so K must be even; infer, evaluate and the API check it here
+    before any work."""
+    if antithetic and num_samples % 2:
+        raise InputError(f"--antithetic: samples come in pairs; --num-samples must be even, got {num_samples}")
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import fsio
-from .config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS
+from .config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS, check_antithetic
 from .degrade import degrade_raw, operator_for, parse_spec
 from .demo import grf_model
 from .errors import InputError
@@ -252,8 +252,7 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
     from .baselines import BASELINES, available
     from .viz import image_grid, write_png
 
-    if opts.antithetic and opts.num_samples % 2:
-        raise InputError(f"--antithetic: samples come in pairs; --num-samples must be even, got {opts.num_samples}")
+    check_antithetic(opts.antithetic, opts.num_samples)
     for s in opts.degrade:
         parse_spec(s)
     for item in opts.sweep:
@@ -287,11 +286,10 @@ def _evaluate(ckpt_path: str, data: str, opts: EvalOptions, out_dir: str | None,
                             precision=opts.precision, method=opts.method, eta=opts.eta, degrade_spec=spec,
                             tile=tile, overlap=overlap if tile else None, antithetic=opts.antithetic)
         K = opts.num_samples
-        if opts.antithetic:  # the mean's Monte-Carlo variance from the pair means (None with one pair)
-            mv = mean_variance(torch.from_numpy(r.samples), antithetic=True)
-            model_rows = score_rows(r.mean, target, mask, norm, r.std, mean_var_raw=None if mv is None else mv.numpy())
-        else:
-            model_rows = score_rows(r.mean, target, mask, norm, r.std if K > 1 else None, K)
+        # the mean's Monte-Carlo variance: over K independent samples, or from the pair means (None with one pair)
+        mv = mean_variance(torch.from_numpy(r.samples), opts.antithetic)
+        model_rows = score_rows(r.mean, target, mask, norm, r.std if K > 1 else None,
+                                mean_var_raw=None if mv is None else mv.numpy())
         rows = {"cfgdiff": {**mean_rows(model_rows),
                             "seconds": time.time() - t0, "model_calls": r.num_model_calls}}
         exact_refs = K > 1 and not opts.antithetic  # closed forms for K independent samples only

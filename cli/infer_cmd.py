@@ -9,7 +9,7 @@ import click
 
 from cfgdiff import fsio
 from cfgdiff.checkpoint import load_checkpoint
-from cfgdiff.config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS, PRECISIONS, SamplerConfig
+from cfgdiff.config import DEFAULT_METHOD, DEFAULT_STEPS, METHODS, PRECISIONS, SamplerConfig, check_antithetic
 from cfgdiff.errors import InputError
 
 from .common import Progress, fmt_metrics, int_pair, ray_options, renamed, storage_endpoint_option
@@ -90,8 +90,7 @@ def infer_cmd(ctx, checkpoint, input_, out, mask, sample_dim, degrade, split, ra
                                 clip_x0=s.clip_x0, precision=precision or s.precision, antithetic=antithetic)
     except ValueError as e:
         raise InputError(str(e).replace("sampler.", "--")) from None
-    if antithetic and num_samples % 2:
-        raise InputError(f"--antithetic: samples come in pairs; --num-samples must be even, got {num_samples}")
+    check_antithetic(antithetic, num_samples)
     if sampler.steps > ck.config.schedule.num_timesteps:
         raise InputError(f"--steps {sampler.steps} exceeds the schedule's T={ck.config.schedule.num_timesteps}")
     job = InferJob(checkpoint=checkpoint, input=input_, out=out, mask=mask, sample_dim=sample_dim, degrade=degrade,

@@ -188,6 +188,16 @@ def train_loop_per_worker(lc: dict) -> dict:
                 ck = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=tag)  # --- Ray: all ranks
 
+    def finish(metrics: dict) -> None:
+        """Export, close TensorBoard and upload, all before the last report: Tune stops a trial as soon as it
+        reports its last epoch (ASHA's max_t), and whatever comes after that report may never run."""
+        if rank == 0 and lc.get("export_dir"):
+            _export(lc["export_dir"], saver, ema, step, metrics)
+        tb.hparams(*_hparams(cfg, metrics, last_metrics))
+        tb.close()
+        if staging is not None:
+            _upload(staging, lc["remote_run"])
+
     timer = StepTimer()
     nonfinite = 0
     pending = None  # a periodic checkpoint's (metrics, folder name), reported once the next batch arrives
@@ -257,18 +267,15 @@ def train_loop_per_worker(lc: dict) -> dict:
             best = {"score": score, "step": step}
             if rank == 0 and lc.get("best_dir"):
                 _export(lc["best_dir"], saver, ema, step, metrics)
+        if step >= max_steps:
+            finish(metrics)
         report({"step": step, "epoch": epoch, **last_metrics, **metrics}, f"step_{step:07d}")
         reported = True
     if not reported:  # resumed a finished run (e.g. a restored Tune trial): report its final state once
         metrics = _validate(model, ema, cfg, schedule, norm, val_shard, vis, eval_ws, per_worker, world, rank,
                             device, tb, step, epoch)
+        finish(metrics)
         report({"step": step, "epoch": epoch, **metrics}, f"step_{step:07d}_final")
-    if rank == 0 and lc.get("export_dir"):
-        _export(lc["export_dir"], saver, ema, step, metrics)
-    tb.hparams(*_hparams(cfg, metrics, last_metrics))
-    tb.close()
-    if staging is not None:
-        _upload(staging, lc["remote_run"])
     split = _step_split(timer, model, world, device, step - step0)
     if rank == 0 and split:
         logger.info("step-time split per step: %s", ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in split.items()))

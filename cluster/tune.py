@@ -26,7 +26,6 @@ from ray.tune.schedulers import ASHAScheduler
 from cfgdiff import fsio
 from cfgdiff.config import ExperimentConfig
 from cfgdiff.errors import InputError
-from cfgdiff.export import export_checkpoint, step_checkpoints
 from cfgdiff.progress import Progress
 
 from . import storage as storage_io
@@ -242,13 +241,7 @@ def _summarize(results, job: TuneJob, local: Path, target: str, mode: str, out: 
         curve = [(w, m.get(f"{job.metric}_w{w:g}")) for w in job.w_grid]
         if target in m:
             curves[f"p={r.config['p']:.3f} ({status.split(' after')[0]})"] = [(w, v) for w, v in curve if v is not None]
-        run_dir = fsio.join(out, "trials", _train_run(r))
-        export = fsio.join(run_dir, "export")
-        if status == "completed" and not fsio.is_dir(export) and (steps := step_checkpoints(run_dir)):
-            # the trial reported its last epoch, and was interrupted (Ctrl-C) before it wrote its export: Tune does
-            # not run a finished trial again, so its export comes from its last checkpoint (the same EMA weights)
-            logger.warning("trial %s finished without its export; exporting its last checkpoint %s", trial, steps[-1])
-            export_checkpoint(steps[-1], export)
+        export = fsio.join(out, "trials", _train_run(r), "export")
         rows.append({"trial": trial, "status": status, "p": r.config["p"], "best_w": m.get("best_w"),
                      "psnr": m.get("best_psnr"), "ssim": m.get("best_ssim"), "mae_missing": m.get("best_mae_missing"),
                      "val_loss": m.get("val_loss"), "steps": m.get("step"), "epochs": m.get("training_iteration"),

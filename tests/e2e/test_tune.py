@@ -25,14 +25,34 @@ def _fits(out: Path) -> dict[str, int]:
     return {p.parent.name: len(p.read_text().splitlines()) for p in (out / "trials").glob("*/fits.log")}
 
 
+class _ExportAtLastReport(tune.Stopper):
+    """Looks, on the driver, when a trial reports its last epoch: is its export there, and was it written before
+    the reported checkpoint (which the worker writes inside the report)? After the report may be too late."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.seen = epochs, []
+
+    def __call__(self, trial_id, result) -> bool:
+        if result.get("training_iteration") == self.epochs and result.get("checkpoint_path"):
+            ck = Path(result["checkpoint_path"])
+            export = ck.parent / "export" / "model.safetensors"
+            self.seen.append(export.is_file() and export.stat().st_mtime_ns <= (ck / "model.safetensors").stat().st_mtime_ns)
+        return False
+
+    def stop_all(self) -> bool:
+        return False
+
+
 def test_search_asha_best_json_and_curves(ray_session, tiny_data, tmp_path, caplog):
     """Every trial is listed with its status: completed, stopped by ASHA, errored (#17.2); one without results
     is warned about, never dropped."""
     cfg = tiny_config(tiny_data, "train.lr=2e-3")
+    last = _ExportAtLastReport(epochs=3)
     job = TuneJob(data_dir=str(tiny_data), config=cfg, out_dir=str(tmp_path), p_grid=(0.1, 0.95, 0.5), w_grid=W,
-                  epochs=3, max_concurrent=1, fail_p=0.5)
+                  epochs=3, max_concurrent=1, fail_p=0.5, stopper=last)
     with caplog.at_level(logging.WARNING, logger="cfgdiff.tune"):
         s = run_tune(job)
+    assert last.seen == [True], "a trial's export is written before its last report: ASHA stops the trial there"
     fits = _fits(tmp_path)
     assert len(fits) == 2 and set(fits.values()) == {1}, f"every trial trained exactly once: {fits}"
     rows = {round(r["p"], 2): r for r in s["rows"]}

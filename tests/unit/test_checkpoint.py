@@ -143,7 +143,7 @@ def test_antithetic_pairs_keep_the_even_samples_and_need_an_even_k(tmp_path):
     anti = rec.reconstruct(cond.numpy(), steps=3, num_samples=4, seed=1, method="dpm2m-sde", antithetic=True)
     assert (anti.samples[:, 0::2] == plain.samples[:, 0::2]).all() and not (anti.samples[:, 1::2] == plain.samples[:, 1::2]).all()
     assert (anti.mean[:, :, ::2, ::2] == 0.7).all() and (anti.std[:, :, ::2, ::2] == 0).all()
-    with pytest.raises(InputError, match="even number of samples"):
+    with pytest.raises(InputError, match="--num-samples must be even, got 3"):
         rec.reconstruct(cond.numpy(), steps=3, num_samples=3, antithetic=True)
 
 
