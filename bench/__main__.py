@@ -94,7 +94,8 @@ def main() -> None:
                                                                                           tuple(a.masks), tuple(a.steps),
                                                                                           limit=a.limit,
                                                                                           num_samples=a.num_samples,
-                                                                                          solvers=tuple(a.solvers))
+                                                                                          solvers=tuple(a.solvers),
+                                                                                          record=a.record)
         elif w == "lmmse":
             from . import lmmse
 

@@ -8,6 +8,7 @@ default). Each row is one ``cfgdiff evaluate`` call (``cfgdiff.evaluate.run_eval
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ HERE = Path(__file__).resolve().parent
 
 def run(checkpoint: str, data: str, masks: tuple[str, ...] = ("drop:0.9", "box:0.4:random"),
         steps: tuple[int, ...] = (5, 10, 20, 50, 100), num_samples: int = 4, limit: int = 64,
-        solvers: tuple[str, ...] = tuple(SOLVERS)) -> str:
+        solvers: tuple[str, ...] = tuple(SOLVERS), record: bool = False) -> str:
+    """The table (markdown) and its plot: bench/calibration*.png with ``record`` (the figure RESULTS.md shows),
+    else a file in the temporary folder, so that a run that is not recorded never replaces the recorded figure."""
     from cfgdiff.evaluate import EvalOptions, run_evaluation
     from cfgdiff.metrics import exact_sample_coverage, exact_sample_std_ratio
 
@@ -35,7 +38,8 @@ def run(checkpoint: str, data: str, masks: tuple[str, ...] = ("drop:0.9", "box:0
                              "seconds": time.time() - t0})
                 print(f"{mask} {method} {n}: {rows[-1]}", flush=True)
     std_ideal, cov_ideal = exact_sample_std_ratio(num_samples), exact_sample_coverage(num_samples)
-    _plot(rows, masks, std_ideal, cov_ideal, solvers, num_samples)
+    png = HERE / _png(num_samples) if record else Path(tempfile.gettempdir()) / f"cfgdiff-{_png(num_samples)}"
+    _plot(rows, masks, std_ideal, cov_ideal, solvers, num_samples, png)
     head = (f"`python -m bench calibration --checkpoint {checkpoint} --data {data} --limit {limit} --masks "
             f"{' '.join(masks)} --steps {' '.join(map(str, steps))} --solvers {' '.join(solvers)} "
             f"--num-samples {num_samples}`: {limit} validation fields, "
@@ -48,7 +52,7 @@ def run(checkpoint: str, data: str, masks: tuple[str, ...] = ("drop:0.9", "box:0
     body = "".join(f"| {r['mask']} | {r['method']} | {r['steps']} | {r['nfe']} | {f(r['psnr'], '.2f')} | "
                    f"{f(r['pm_over_bayes'], '.3f')} | {f(r['std_ratio'], '.3f')} | {f(r['coverage'], '.3f')} | "
                    f"{r['seconds']:.1f} |\n" for r in rows)
-    return head + body + f"\n![std ratio and coverage against network calls]({_png(num_samples)})\n"
+    return head + body + f"\n![std ratio and coverage against network calls]({png.name if record else png})\n"
 
 
 def _png(num_samples: int) -> str:
@@ -56,7 +60,7 @@ def _png(num_samples: int) -> str:
 
 
 def _plot(rows: list[dict], masks: tuple[str, ...], std_ideal: float, cov_ideal: float, solvers: tuple[str, ...],
-          num_samples: int) -> None:
+          num_samples: int, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,5 +83,5 @@ def _plot(rows: list[dict], masks: tuple[str, ...], std_ideal: float, cov_ideal:
             if i == 0 and j == 0:
                 ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / _png(num_samples), dpi=90)
+    fig.savefig(png, dpi=90)
     plt.close(fig)
